@@ -1,0 +1,330 @@
+"""Typed configuration: dataclasses, YAML files, dotted overrides.
+
+A run is described by one :class:`Config`. It can be read from YAML, changed with
+dotted overrides (``train.lr=3e-4``) and is saved, resolved, into every run directory.
+An unknown key or a value of the wrong type raises :class:`ConfigError`, which names
+the key and suggests the closest valid one.
+
+Examples
+--------
+>>> cfg = Config()
+>>> cfg = apply_overrides(cfg, ["train.epochs=3", "model.backbone=unet"])
+>>> cfg.train.epochs, cfg.model.backbone
+(3, 'unet')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "BeamVQConfig",
+    "Config",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not valid."""
+
+
+@dataclass
+class DataConfig:
+    """What to forecast and how to cut it into windows.
+
+    Attributes
+    ----------
+    dataset : str
+        A registered dataset name (``ns2d``) or a path to a netCDF/zarr/HDF5 file.
+    variables : list of str, optional
+        Variables to forecast; all data variables with the time dim when omitted.
+    in_steps, out_steps : int
+        History length ``T_in`` and forecast length ``T_out`` of a window.
+    stride : int
+        Steps between the starts of consecutive windows.
+    split : list of float
+        Train/validation/test fractions (of trajectories, or of time blocks).
+    batch_size : int
+        Windows per batch.
+    num_workers : int
+        DataLoader worker processes; each opens its own file handle.
+    params : list of str, optional
+        Per-trajectory physical parameters passed to the model as ``cond``.
+    options : dict
+        Keyword arguments for a registered dataset's generator (size, seed...).
+    """
+
+    dataset: str = "ns2d"
+    variables: list[str] | None = None
+    in_steps: int = 10
+    out_steps: int = 10
+    stride: int = 1
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    batch_size: int = 16
+    num_workers: int = 0
+    params: list[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone and its keyword arguments (``options``)."""
+
+    backbone: str = "fno"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training windows.
+    lr, weight_decay : float
+        AdamW learning rate and decoupled weight decay.
+    warmup_frac : float
+        Fraction of all steps spent in linear warmup before the cosine decay.
+    grad_clip : float
+        Max global gradient norm; 0 disables clipping.
+    precision : str
+        ``fp32``, ``bf16`` or ``fp16`` autocast.
+    patience : int
+        Early stopping after this many epochs without validation improvement; 0 disables it.
+    seed : int
+        Seed of every random number generator.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    max_steps_per_epoch : int, optional
+        Cap on batches per epoch (for quick runs).
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.05
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    patience: int = 0
+    seed: int = 0
+    device: str = "auto"
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class BeamVQConfig:
+    """BeamVQ: top-K VQ head, beam search and physics-filtered self-training.
+
+    Attributes
+    ----------
+    mode : str
+        ``output`` (encode the backbone's forecast, as the authors' code) or ``latent``
+        (quantize the backbone's own ``encode()`` latent).
+    num_codes, code_dim : int
+        Code bank size and code dimension.
+    top_k : int
+        Candidates per forecast (K nearest codes).
+    width : int
+        Beam width W.
+    temperature : float
+        Sampling temperature over code distances; 0 keeps the K nearest.
+    rounds : int
+        Self-training rounds R.
+    epochs_per_round : int
+        Training epochs after each round's pseudo-labels are added.
+    keep_quantile : float
+        Fraction of scored candidates kept as pseudo-labels.
+    mix_ratio : float
+        Pseudo-labelled windows per real window in the training mix.
+    scores : dict
+        Score name -> weight, combined into one ranking score.
+    ensemble : int
+        Members of the top-m self-ensemble at evaluation.
+    commitment : float
+        Commitment-loss weight.
+    decay : float
+        EMA decay of the code bank.
+    """
+
+    mode: str = "output"
+    num_codes: int = 512
+    code_dim: int = 64
+    top_k: int = 10
+    width: int = 3
+    temperature: float = 0.0
+    rounds: int = 2
+    epochs_per_round: int = 2
+    keep_quantile: float = 0.5
+    mix_ratio: float = 0.5
+    scores: dict[str, float] = field(default_factory=lambda: {"rmse": 1.0})
+    ensemble: int = 1
+    commitment: float = 0.25
+    decay: float = 0.99
+
+
+@dataclass
+class Config:
+    """A whole run: data, model, training, method and where to write."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: str = "supervised"
+    beamvq: BeamVQConfig = field(default_factory=BeamVQConfig)
+    out: str = "runs/default"
+
+
+# --------------------------------------------------------------------------------------
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(valid)}."
+
+
+def _check_type(value: Any, tp: Any, path: str) -> Any:
+    """Return ``value`` converted to ``tp`` where that is lossless, else raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, vt = typing.get_args(tp) or (Any, Any)
+        return {str(k): _check_type(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}.{_suggest(key, names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{path}.")
+        else:
+            kwargs[key] = _check_type(value, tp, path)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a nested mapping, validating every key and type."""
+    return _build(Config, data or {}, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (JSON and YAML safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config file; keys not given keep their defaults."""
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return a copy of ``cfg`` with dotted ``key.path=value`` overrides applied.
+
+    Values are parsed as YAML (``3``, ``1e-3``, ``true``, ``[a, b]``, ``{nu: 1e-3}``).
+    Keys inside a free-form ``options`` mapping may be new; elsewhere an unknown key
+    is an error that suggests the closest valid one.
+    """
+    data = config_to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        parts = key.strip().split(".")
+        node, cls = data, Config
+        for depth, part in enumerate(parts):
+            path = ".".join(parts[: depth + 1])
+            last = depth == len(parts) - 1
+            if cls is not None:
+                names = [f.name for f in dataclasses.fields(cls)]
+                if part not in names:
+                    raise ConfigError(f"unknown config key {path!r}.{_suggest(part, names)}")
+                tp = typing.get_type_hints(cls)[part]
+                cls = tp if dataclasses.is_dataclass(tp) else None
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), dict):
+                    if cls is None and node.get(part) is None:
+                        node[part] = {}
+                    elif cls is None:
+                        raise ConfigError(f"config key {path!r} is not a mapping")
+                node = node[part]
+    return config_from_dict(data)

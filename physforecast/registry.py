@@ -1,0 +1,110 @@
+"""One small name -> factory registry, shared by backbones, datasets and metrics.
+
+Entries register themselves with a decorator; the core never imports a particular
+backbone or dataset. Unknown names raise a ``ValueError`` that lists the valid names
+and suggests the closest one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Registry", "RegistryEntry", "BACKBONES", "DATASETS", "METRICS"]
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A registered factory and the metadata it was registered with."""
+
+    name: str
+    factory: Callable[..., Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Map names to factories.
+
+    Parameters
+    ----------
+    kind : str
+        What the registry holds ("backbone", "dataset", "metric"); used in messages.
+    populate : str, optional
+        A module to import before the first lookup, so that its entries register
+        themselves (``"physforecast.backbones"``). Importing is lazy to keep
+        ``import physforecast`` cheap.
+
+    Examples
+    --------
+    >>> reg = Registry("toy")
+    >>> @reg.register("double", paper="none")
+    ... def double(x):
+    ...     return 2 * x
+    >>> reg.create("double", x=3)
+    6
+    """
+
+    def __init__(self, kind: str, populate: str | None = None) -> None:
+        self.kind = kind
+        self._populate = populate
+        self._entries: dict[str, RegistryEntry] = {}
+
+    def _ensure_populated(self) -> None:
+        if self._populate is not None:
+            module, self._populate = self._populate, None
+            importlib.import_module(module)
+
+    def register(
+        self, name: str, **meta: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator that registers ``factory`` under ``name`` with metadata ``meta``."""
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries and self._entries[name].factory is not factory:
+                warnings.warn(
+                    f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
+                )
+            self._entries[name] = RegistryEntry(name, factory, dict(meta))
+            return factory
+
+        return decorator
+
+    def names(self, filter: str | None = None) -> list[str]:
+        """Sorted registered names, optionally filtered by an fnmatch pattern."""
+        self._ensure_populated()
+        names = sorted(self._entries)
+        if filter:
+            names = [n for n in names if fnmatch.fnmatch(n, filter)]
+        return names
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_populated()
+        return name in self._entries
+
+    def entry(self, name: str) -> RegistryEntry:
+        """The entry for ``name``; a ``ValueError`` naming the valid choices otherwise."""
+        self._ensure_populated()
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = sorted(self._entries)
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"unknown {self.kind} {name!r}.{hint} Valid names: {', '.join(valid)}"
+            ) from None
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        """Call the factory of ``name``; keyword arguments that are ``None`` are dropped."""
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return self.entry(name).factory(**kwargs)
+
+
+BACKBONES = Registry("backbone", populate="physforecast.backbones")
+DATASETS = Registry("dataset", populate="physforecast.datasets")
+METRICS = Registry("metric", populate="physforecast.metrics")
