@@ -1,0 +1,146 @@
+"""Weather metrics on latitude-longitude grids, as WeatherBench 2.
+
+Fields are ``(..., latitude, longitude)``. Latitude weights are the area of each cell,
+``sin(upper) - sin(lower)`` of its latitude bounds, normalised to mean 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from physforecast.registry import METRICS
+
+from ._common import prepare, spatial_mean
+
+__all__ = ["latitude_weights", "lat_rmse", "acc"]
+
+Tensor = torch.Tensor
+
+
+def latitude_weights(latitude: Tensor | np.ndarray) -> Tensor:
+    """Area weights of latitude rows, normalised to mean 1 (WeatherBench 2).
+
+    Cell bounds are the midpoints between neighbouring latitudes, closed by the poles
+    (+-90 degrees); the weight of a row is ``sin(upper) - sin(lower)``.
+
+    Parameters
+    ----------
+    latitude : array of float
+        Latitudes in degrees, shape (H,), strictly monotonic (either direction).
+
+    Returns
+    -------
+    torch.Tensor
+        Float64 weights of shape (H, 1), to broadcast against (..., H, W).
+    """
+    lat = torch.as_tensor(np.asarray(latitude, dtype=np.float64))
+    if lat.ndim != 1 or lat.numel() < 2:
+        raise ValueError(
+            f"latitude must be 1-d with at least 2 values, got shape {tuple(lat.shape)}"
+        )
+    if bool((lat.abs() > 90).any()):
+        raise ValueError("latitude must be in degrees within [-90, 90]")
+    diffs = lat.diff()
+    if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
+        raise ValueError("latitude must be strictly increasing or strictly decreasing")
+    flip = bool(diffs[0] < 0)
+    rad = torch.deg2rad(lat.flip(0) if flip else lat)
+    half_pi = torch.tensor([np.pi / 2], dtype=torch.float64)
+    bounds = torch.cat([-half_pi, (rad[:-1] + rad[1:]) / 2, half_pi])
+    area = torch.sin(bounds[1:]) - torch.sin(bounds[:-1])
+    area = area / area.mean()
+    return (area.flip(0) if flip else area)[:, None]
+
+
+@METRICS.register("lat_rmse", kind="weather", higher_is_better=False, reduces_samples=True)
+def lat_rmse(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    latitude: Tensor | np.ndarray | None = None,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    sample_dim: int | None = None,
+) -> Tensor:
+    """Latitude-weighted RMSE, WeatherBench 2's recommended form.
+
+    ``sqrt(mean_samples(mean_w (p - t)^2))``: the weighted spatial MSE is averaged over
+    forecasts (``sample_dim``, WB2's time average) before the square root. Without
+    ``sample_dim`` it is the per-forecast weighted RMSE.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        Fields (..., latitude, longitude).
+    latitude : array of float, optional
+        Latitudes in degrees (H,), turned into :func:`latitude_weights`.
+    weights : torch.Tensor, optional
+        Ready-made weights instead of ``latitude``; one of the two is required.
+    mask : torch.Tensor, optional
+        Validity.
+    sample_dim : int, optional
+        The leading dim of the forecasts to average before the root.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (...), without ``sample_dim`` when given.
+    """
+    if weights is None:
+        if latitude is None:
+            raise ValueError("lat_rmse needs latitude (degrees) or weights")
+        weights = latitude_weights(latitude)
+    p, t, w = prepare(pred, target, weights, mask, name="lat_rmse")
+    err = spatial_mean((p - t) ** 2, w)
+    if sample_dim is not None:
+        d = sample_dim + p.ndim if sample_dim < 0 else sample_dim
+        if not 0 <= d < p.ndim - 2:
+            raise ValueError(f"lat_rmse: sample_dim {sample_dim} is not a leading dim")
+        err = err.mean(d)
+    return torch.sqrt(err)
+
+
+@METRICS.register("acc", kind="weather", higher_is_better=True)
+def acc(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    climatology: Tensor,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Anomaly correlation coefficient against a climatology (WeatherBench 2).
+
+    ``sum w f' o' / sqrt(sum w f'^2 sum w o'^2)`` with anomalies ``f' = p - c``,
+    ``o' = t - c`` (not re-centred on their spatial mean, as WB2).
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        Fields (..., H, W).
+    climatology : torch.Tensor
+        Climatology broadcastable to ``target`` (e.g. (H, W), or per sample and lead for a
+        day-of-year climatology).
+    weights, mask : torch.Tensor, optional
+        Latitude weights and validity.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (...), in [-1, 1].
+    """
+    p, t, w = prepare(pred, target, weights, mask, name="acc")
+    clim = torch.as_tensor(climatology, dtype=p.dtype, device=p.device)
+    try:
+        torch.broadcast_shapes(clim.shape, p.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"acc: climatology of shape {tuple(clim.shape)} does not broadcast to {tuple(p.shape)}"
+        ) from None
+    fa = p - clim
+    oa = t - clim
+    if mask is not None:  # the climatology may hold NaN where the data are invalid
+        fa = torch.where(mask, fa, torch.zeros((), dtype=p.dtype))
+        oa = torch.where(mask, oa, torch.zeros((), dtype=p.dtype))
+    return spatial_mean(fa * oa, w) / torch.sqrt(spatial_mean(fa**2, w) * spatial_mean(oa**2, w))
