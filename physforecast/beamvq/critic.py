@@ -131,7 +131,7 @@ def fit_critic(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     critic.eval()
     return losses
 
@@ -147,7 +147,8 @@ class CriticFilter:
     per_sample : int, optional
         Keep at most this many candidates per sample (the lowest penalties); None keeps all.
     keep_fraction : float
-        Of those, keep the best fraction over the whole set (1.0 keeps all).
+        Of those, keep the best fraction over the whole set (1.0 keeps all); ties are
+        broken in sample order, so exactly ``round(keep_fraction * n)`` survive.
     threshold : float, optional
         Reject every candidate with a penalty above this.
     """
@@ -178,10 +179,12 @@ class CriticFilter:
             ranked.scatter_(1, order[:, : self.per_sample], True)
             keep &= ranked
         if self.keep_fraction < 1.0 and keep.any():
-            vals = pen[keep]
-            n_keep = max(1, int(round(self.keep_fraction * vals.numel())))
-            cutoff = torch.sort(vals, stable=True).values[n_keep - 1]
-            keep &= pen <= cutoff
+            flat_idx = torch.nonzero(keep.flatten()).flatten()
+            n_keep = max(1, int(round(self.keep_fraction * flat_idx.numel())))
+            order = torch.sort(pen.flatten()[flat_idx], stable=True).indices[:n_keep]
+            best = torch.zeros(n * k, dtype=torch.bool, device=pen.device)
+            best[flat_idx[order]] = True  # exactly n_keep; ties go to the earlier sample
+            keep &= best.reshape(n, k)
         if self.threshold is not None:
             keep &= pen <= self.threshold
         return keep

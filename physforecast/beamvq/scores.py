@@ -10,8 +10,7 @@ truth, physical parameters) broadcasts over the candidates.
 Reference-free scores (usable at inference):
 
 ``vorticity_residual``  RMS of the 2-D Navier-Stokes vorticity residual
-    ``d_t w + u . grad w - nu lap w - f`` (periodic, spectral derivatives, midpoint in time,
-    the last history frame prepended), in physical units.
+    ``d_t w + u . grad w - nu lap w - f`` of [last history frame, forecast], physical units.
 ``divergence``          RMS of ``du/dx + dv/dy`` of the velocity channels.
 ``conservation``        drift of each channel's spatial mean from the last history frame,
     relative to that frame's spatial standard deviation.
@@ -22,11 +21,13 @@ Reference-free scores (usable at inference):
 Scores against the truth (for pseudo-labels on training data):
 
 ``rmse``, ``csi`` (``1 - CSI`` averaged over thresholds), ``spectral_error`` (mean absolute
-log-ratio of forecast and true energy spectra), ``frmse_high`` (PDEBench-style fRMSE of the
-high band, radial wavenumbers ``k >= 12`` scaled to the grid).
+log-ratio of forecast and true energy spectra), ``frmse_high`` (PDEBench fRMSE, high band).
 
-Scores run in fp32. :class:`ScoreCombination` combines a ``{name: weight}`` mapping (the
-``beamvq.scores`` config) after dividing every term by a calibrated scale.
+The numerics are those of :mod:`physforecast.metrics` (``mse``, ``contingency``,
+``power_spectrum``, ``frmse``, ``ns_vorticity_residual``, ``divergence_rms``,
+``conservation_drift``), run in fp32; this module only arranges candidates, history
+and units around them. :class:`ScoreCombination` combines a ``{name: weight}`` mapping
+(the ``beamvq.scores`` config) after dividing every term by a calibrated scale.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from physforecast import metrics as M
 from physforecast.registry import Registry
 
 __all__ = [
@@ -45,8 +47,6 @@ __all__ = [
     "ScoreContext",
     "ScoreCombination",
     "register_score",
-    "energy_spectrum",
-    "fno_forcing",
 ]
 
 SCORES = Registry("beamvq score")
@@ -69,21 +69,25 @@ class PhysicsSpec:
         Grid spacing and time between frames (physical units).
     viscosity : Tensor or float, optional
         Kinematic viscosity, a scalar or one per sample ``(N,)``.
-    forcing : Tensor, optional
-        Forcing of the vorticity equation ``(H, W)``.
+    forcing : Tensor, float or str, optional
+        Forcing of the vorticity equation: ``"ns2d"`` (the FNO benchmark forcing), a
+        number or an ``(H, W)`` tensor; None for the unforced equation.
     vorticity : int, optional
         Channel index of the vorticity.
     velocity : tuple of int, optional
         Channel indices of ``(u, v)``.
+    periodic : bool
+        Periodic boundaries (spectral/wrap-around derivatives).
     """
 
     dx: float = 1.0
     dy: float = 1.0
     dt: float = 1.0
     viscosity: torch.Tensor | float | None = None
-    forcing: torch.Tensor | None = None
+    forcing: torch.Tensor | float | str | None = None
     vorticity: int | None = None
     velocity: tuple[int, int] | None = None
+    periodic: bool = True
 
 
 @dataclass
@@ -157,7 +161,7 @@ def _need_target(pred: torch.Tensor, ctx: ScoreContext, name: str) -> torch.Tens
         raise ValueError(
             f"score {name!r}: target must be {tuple(want)}; got {tuple(ctx.target.shape)}"
         )
-    return ctx.target.unsqueeze(1)
+    return ctx.target.unsqueeze(1).expand_as(pred)
 
 
 def _need_physics(ctx: ScoreContext, name: str, attr: str) -> PhysicsSpec:
@@ -167,80 +171,56 @@ def _need_physics(ctx: ScoreContext, name: str, attr: str) -> PhysicsSpec:
     return phys
 
 
-def _wavenumbers(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ky = torch.fft.fftfreq(h, d=1.0 / h, device=device)
-    kx = torch.fft.fftfreq(w, d=1.0 / w, device=device)
-    return torch.meshgrid(ky, kx, indexing="ij")
+def _mask(ctx: ScoreContext) -> torch.Tensor | None:
+    """``ctx.mask`` (N, C, H, W) broadcastable to candidates (N, K, T, C, H, W)."""
+    return None if ctx.mask is None else ctx.mask[:, None, None].bool()
 
 
-def energy_spectrum(field_: torch.Tensor) -> torch.Tensor:
-    """Isotropic energy spectrum ``(..., n_shells)`` of fields ``(..., H, W)`` in fp32.
-
-    ``E(k) = sum_{round(|k|) = k} |FFT(f)/(H W)|^2`` for integer shells ``k = 0..min(H, W)//2``.
-    """
-    h, w = field_.shape[-2:]
-    f = torch.fft.fft2(field_.float()) / (h * w)
-    power = f.real**2 + f.imag**2
-    ky, kx = _wavenumbers(h, w, field_.device)
-    shell = torch.sqrt(kx**2 + ky**2).round().long()
-    n = min(h, w) // 2 + 1
-    keep = shell < n
-    flat = power[..., keep]
-    out = torch.zeros(*power.shape[:-2], n, device=field_.device)
-    return out.index_add_(-1, shell[keep], flat)
+def _with_last_frame(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
+    """[last history frame, forecast] along time: (N, K, T + 1, C, H, W)."""
+    n, k = pred.shape[:2]
+    last = ctx.history[:, -1:].unsqueeze(1).expand(n, k, 1, *pred.shape[3:])
+    return torch.cat([last.to(pred.dtype), pred], 2)
 
 
 def _log_spectrum_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over shells k >= 1 of |log E_a - log E_b| for fields (..., H, W); -> (...)."""
-    ea, eb = energy_spectrum(a)[..., 1:], energy_spectrum(b)[..., 1:]
+    ea = M.power_spectrum(a, reduction="sum")[..., 1:]
+    eb = M.power_spectrum(b, reduction="sum")[..., 1:]
     tiny = 1e-12 * (eb.amax(-1, keepdim=True) + 1e-30)
     return (torch.log(ea + tiny) - torch.log(eb + tiny)).abs().mean(-1)
-
-
-def fno_forcing(h: int, w: int | None = None) -> torch.Tensor:
-    """``0.1 (sin 2pi(x+y) + cos 2pi(x+y))`` on the unit torus grid ``(H, W)`` (FNO benchmark)."""
-    w = h if w is None else w
-    y = torch.arange(h, dtype=torch.float32)[:, None] / h
-    x = torch.arange(w, dtype=torch.float32)[None, :] / w
-    return 0.1 * (torch.sin(2 * math.pi * (x + y)) + torch.cos(2 * math.pi * (x + y)))
-
-
-def _masked_mean(t: torch.Tensor, ctx: ScoreContext, dims: int) -> torch.Tensor:
-    """Mean of ``t`` (N, K, T, C, H, W) over its last ``dims`` dims, honouring ``ctx.mask``."""
-    if ctx.mask is None:
-        return t.flatten(-dims).mean(-1)
-    m = ctx.mask[:, None, None].expand_as(t).float()
-    return (t * m).flatten(-dims).sum(-1) / m.flatten(-dims).sum(-1).clamp_min(1)
 
 
 # ----------------------------------------------------------------------------------
 # scores against the truth
 @register_score("rmse", reference=True)
 def rmse_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """RMSE over (T, C, H, W) against the truth, in model units."""
+    """RMSE over (T, C, H, W) against the truth, in model units (``metrics.mse`` per frame)."""
     _check_pred(pred, ctx)
     y = _need_target(pred, ctx, "rmse")
-    return _masked_mean((pred.float() - y.float()) ** 2, ctx, 4).sqrt()
+    return M.mse(pred.float(), y.float(), mask=_mask(ctx)).flatten(2).mean(-1).sqrt()
 
 
 @register_score("csi", reference=True)
 def csi_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """``1 - CSI`` (hits / (hits + misses + false alarms)) averaged over thresholds."""
+    """``1 - CSI`` (hits / (hits + misses + false alarms)) averaged over thresholds.
+
+    Counts come from ``metrics.contingency`` per frame and are summed over (T, C). Without
+    ``ctx.thresholds`` the threshold is the 90th percentile of each sample's truth.
+    """
     _check_pred(pred, ctx)
     y = ctx.physical(_need_target(pred, ctx, "csi"))
     p = ctx.physical(pred)
     if ctx.thresholds:
-        thr = [torch.as_tensor(t, device=p.device) for t in ctx.thresholds]
+        thresholds = [float(t) for t in ctx.thresholds]
     else:
-        thr = [torch.quantile(y.flatten(2), 0.9, dim=-1)[..., None, None, None, None]]
+        thresholds = [torch.quantile(y[:, 0].flatten(1), 0.9, dim=-1).reshape(-1, 1, 1, 1, 1, 1)]
     penalties = []
-    for t in thr:
-        obs, fc = y >= t, p >= t
-        hits = (obs & fc).flatten(2).sum(-1).float()
-        misses = (obs & ~fc).flatten(2).sum(-1).float()
-        false = (~obs & fc).flatten(2).sum(-1).float()
-        denom = hits + misses + false
-        csi = torch.where(denom > 0, hits / denom.clamp_min(1), torch.ones_like(denom))
+    for thr in thresholds:
+        c = M.contingency(p, y, threshold=thr, mask=_mask(ctx))
+        hits, miss, false = (t.flatten(2).sum(-1) for t in (c.hits, c.misses, c.false_alarms))
+        denom = hits + miss + false
+        csi = torch.where(denom > 0, hits / denom.clamp_min(1e-12), torch.ones_like(denom))
         penalties.append(1.0 - csi)
     return torch.stack(penalties).mean(0)
 
@@ -249,89 +229,63 @@ def csi_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
 def spectral_error_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
     """Mean absolute log-ratio of forecast and true energy spectra (shells k >= 1)."""
     _check_pred(pred, ctx)
-    y = _need_target(pred, ctx, "spectral_error").expand_as(pred)
+    y = _need_target(pred, ctx, "spectral_error")
     return _log_spectrum_gap(ctx.physical(pred), ctx.physical(y)).flatten(2).mean(-1)
 
 
 @register_score("frmse_high", reference=True)
 def frmse_high_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """fRMSE of the high band: RMS Fourier error over radial shells ``k >= 12 * N / 64``."""
+    """PDEBench fRMSE of the high band (``metrics.frmse``, shells k >= 12; needs H, W >= 26)."""
     _check_pred(pred, ctx)
     y = _need_target(pred, ctx, "frmse_high")
     h, w = pred.shape[-2:]
-    diff = torch.fft.fft2(pred.float() - y.float()) / (h * w)
-    ky, kx = _wavenumbers(h, w, pred.device)
-    k = torch.sqrt(kx**2 + ky**2)
-    band = k >= 12 * min(h, w) / 64
-    power = (diff.real**2 + diff.imag**2)[..., band]
-    return power.mean(-1).flatten(2).mean(-1).sqrt()
+    if min(h, w) < 26:
+        raise ValueError(f"score 'frmse_high' needs H, W >= 26 (shells k >= 12); got {h}x{w}")
+    out = M.frmse(ctx.physical(pred), ctx.physical(y), band="high", mask=_mask(ctx))
+    return out.flatten(2).mean(-1)
 
 
 # ----------------------------------------------------------------------------------
 # reference-free scores
-def _ns_residual(seq: torch.Tensor, phys: PhysicsSpec, viscosity: torch.Tensor) -> torch.Tensor:
-    """Vorticity residual at the midpoints of ``seq`` (M, L, H, W) -> (M, L-1, H, W)."""
-    h, w = seq.shape[-2:]
-    ly, lx = h * phys.dy, w * phys.dx
-    ky, kx = _wavenumbers(h, w, seq.device)
-    ky, kx = 2 * math.pi * ky / ly, 2 * math.pi * kx / lx
-    lap = -(kx**2 + ky**2)
-    inv_lap = torch.where(lap < 0, 1.0 / lap.clamp_max(-1e-30), torch.zeros_like(lap))
-    mid = 0.5 * (seq[:, 1:] + seq[:, :-1])
-    dwdt = (seq[:, 1:] - seq[:, :-1]) / phys.dt
-    w_hat = torch.fft.fft2(mid)
-    psi_hat = -inv_lap * w_hat  # lap psi = -w
-    u = torch.fft.ifft2(1j * ky * psi_hat).real  # u = d psi / dy
-    v = torch.fft.ifft2(-1j * kx * psi_hat).real  # v = -d psi / dx
-    wx = torch.fft.ifft2(1j * kx * w_hat).real
-    wy = torch.fft.ifft2(1j * ky * w_hat).real
-    lap_w = torch.fft.ifft2(lap * w_hat).real
-    res = dwdt + u * wx + v * wy - viscosity.reshape(-1, 1, 1, 1) * lap_w
-    if phys.forcing is not None:
-        res = res - phys.forcing.to(res.device, res.dtype)
-    return res
-
-
 @register_score("vorticity_residual", reference=False)
 def vorticity_residual_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """RMS of the Navier-Stokes vorticity residual of [last history frame, forecast]."""
+    """RMS Navier-Stokes vorticity residual (``metrics.ns_vorticity_residual``).
+
+    Computed on [last history frame, forecast] in physical units, so the time derivative
+    of the first lead uses the observed frame; averaged over the forecast leads.
+    """
     _check_pred(pred, ctx)
     phys = _need_physics(ctx, "vorticity_residual", "vorticity")
     if phys.viscosity is None:
         raise ValueError("score 'vorticity_residual' needs ScoreContext.physics.viscosity")
-    n, k, t = pred.shape[:3]
-    c = phys.vorticity
-    seq = torch.cat([ctx.history[:, -1:].unsqueeze(1).expand(n, k, 1, *pred.shape[3:]), pred], 2)
-    w = ctx.physical(seq.reshape(n * k * (t + 1), *pred.shape[3:]))[:, c]
-    w = w.reshape(n * k, t + 1, *pred.shape[-2:])
+    n = pred.shape[0]
+    w = ctx.physical(_with_last_frame(pred, ctx))[:, :, :, phys.vorticity]  # (N, K, T+1, H, W)
     nu = torch.as_tensor(phys.viscosity, dtype=torch.float32, device=pred.device)
-    nu = nu.expand(n) if nu.ndim == 0 else nu.reshape(n)
-    res = _ns_residual(w, phys, nu.repeat_interleave(k))
-    return res.pow(2).flatten(1).mean(-1).sqrt().reshape(n, k)
+    nu = nu.reshape(n, 1) if nu.ndim else nu
+    forcing = 0.0 if phys.forcing is None else phys.forcing
+    res = M.ns_vorticity_residual(w, dx=phys.dx, dy=phys.dy, dt=phys.dt, nu=nu, forcing=forcing)
+    return res[..., 1:].pow(2).mean(-1).sqrt()
 
 
 @register_score("divergence", reference=False)
 def divergence_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """RMS of ``du/dx + dv/dy`` (second-order central differences, periodic wrap)."""
+    """RMS of ``du/dx + dv/dy`` of the velocity channels (``metrics.divergence_rms``)."""
     _check_pred(pred, ctx)
     phys = _need_physics(ctx, "divergence", "velocity")
-    p = ctx.physical(pred)
-    iu, iv = phys.velocity
-    u, v = p[..., iu, :, :], p[..., iv, :, :]
-    du = (u.roll(-1, -1) - u.roll(1, -1)) / (2 * phys.dx)
-    dv = (v.roll(-1, -2) - v.roll(1, -2)) / (2 * phys.dy)
-    return (du + dv).pow(2).flatten(2).mean(-1).sqrt()
+    uv = ctx.physical(pred)[..., list(phys.velocity), :, :]
+    div = M.divergence_rms(uv, dx=phys.dx, dy=phys.dy, periodic=phys.periodic)
+    return div.pow(2).flatten(2).mean(-1).sqrt()
 
 
 @register_score("conservation", reference=False)
 def conservation_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """Mean |drift| of each channel's spatial mean from the last history frame, in units of its std."""
+    """Drift of each channel's spatial mean from the last history frame (``metrics.conservation_drift``),
+    in units of that frame's spatial standard deviation, averaged over leads and channels."""
     _check_pred(pred, ctx)
-    last = ctx.physical(ctx.history[:, -1])  # (N, C, H, W)
-    p = ctx.physical(pred)
-    ref = last.mean((-2, -1))[:, None, None]  # (N, 1, 1, C)
-    scale = last.std(dim=(-2, -1)).clamp_min(1e-8)[:, None, None]
-    return ((p.mean((-2, -1)) - ref).abs() / scale).flatten(2).mean(-1)
+    seq = ctx.physical(_with_last_frame(pred, ctx)).movedim(3, 2)  # (N, K, C, T+1, H, W)
+    drift = M.conservation_drift(seq)[..., 1:]  # (N, K, C, T)
+    scale = ctx.physical(ctx.history[:, -1]).std(dim=(-2, -1)).clamp_min(1e-8)  # (N, C)
+    return (drift / scale[:, None, :, None]).flatten(2).mean(-1)
 
 
 @register_score("spectral", reference=False)
