@@ -1,0 +1,169 @@
+"""The ``physforecast`` command: a thin argparse layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+from physforecast.config import Config, ConfigError, apply_overrides, load_config
+
+__all__ = ["main", "build_parser"]
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config) if args.config else Config()
+    overrides = list(args.set or [])
+    for flag, key in (
+        ("dataset", "data.dataset"),
+        ("variables", "data.variables"),
+        ("backbone", "model.backbone"),
+        ("epochs", "train.epochs"),
+        ("method", "method"),
+        ("out", "out"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = apply_overrides(cfg, overrides)
+    if args.out is None and not args.config:
+        cfg.out = f"runs/{Path(str(cfg.data.dataset)).stem}-{cfg.model.backbone}" + (
+            "-beamvq" if cfg.method == "beamvq" else ""
+        )
+    return cfg
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from physforecast.training.run import train
+
+    cfg = _config_from_args(args)
+    run_dir = train(cfg, resume=args.resume)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from physforecast.training.run import evaluate_run
+
+    evaluate_run(args.run_dir)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import physforecast as pf
+    from physforecast.registry import DATASETS, METRICS
+
+    if args.what == "backbones":
+        from physforecast.backbone_table import backbone_table, format_backbone_table
+
+        print(format_backbone_table(backbone_table()))
+    elif args.what == "datasets":
+        for name in pf.list_datasets():
+            meta = DATASETS.entry(name).meta
+            print(f"{name:20s} {meta.get('kind', ''):10s} {meta.get('description', '')}")
+    else:
+        for name in METRICS.names():
+            meta = METRICS.entry(name).meta
+            print(f"{name:28s} {meta.get('kind', '')}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from physforecast.data.io import write_dataset
+    from physforecast.registry import DATASETS
+
+    options = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        options[key.strip()] = yaml.safe_load(raw)
+    ds = DATASETS.create(args.name, **options)
+    path = write_dataset(ds, args.out)
+    print(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
+    return 0
+
+
+def _bench_names() -> list[str]:
+    import physforecast.bench as bench
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")
+    )
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    names = _bench_names()
+    if args.name not in names:
+        raise ConfigError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
+    module = importlib.import_module(f"physforecast.bench.{args.name}")
+    report = module.run(quick=args.quick)
+    print(report)
+    if args.report:
+        Path(args.report).write_text(report + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``physforecast`` command."""
+    parser = argparse.ArgumentParser(
+        prog="physforecast", description="Forecast physical space-time systems."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a backbone (the main job; no arguments: ns2d + fno)")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--dataset", help="registered dataset name or a file path")
+    p.add_argument("--variables", help="comma-separated variables to forecast")
+    p.add_argument("--backbone", help="backbone name (physforecast list backbones)")
+    p.add_argument("--method", choices=["supervised", "beamvq"], help="training method")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. train.lr=3e-4"
+    )
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="rescore a run's best checkpoint on its test split")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("list", help="list backbones, datasets or metrics")
+    p.add_argument("what", choices=["backbones", "datasets", "metrics"])
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser(
+        "generate", help="simulate a registered dataset and write it to .nc or .zarr"
+    )
+    p.add_argument("name")
+    p.add_argument("--out", required=True, help="output path ending in .nc or .zarr")
+    p.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="simulator options, e.g. n_trajectories=8"
+    )
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("bench", help="run a benchmark and print its Markdown report")
+    p.add_argument("name", help="benchmark name (backbones, metrics, data, beamvq, ...)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke version")
+    p.add_argument("--report", help="also write the report to this file")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``physforecast`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
+        print(f"physforecast: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
