@@ -40,6 +40,7 @@ __all__ = [
     "spatial_dims",
     "valid_mask",
     "attach_valid_mask",
+    "validate_fields",
     "latitude_weights",
     "simulation_dataset",
 ]
@@ -177,7 +178,8 @@ def detect_dims(ds: xr.Dataset | xr.DataArray) -> dict[Hashable, str]:
 
 def _order(dims: Sequence[Hashable]) -> tuple[Hashable, ...]:
     rank = {d: i for i, d in enumerate(CANONICAL_DIMS)}
-    return tuple(sorted(dims, key=lambda d: rank.get(str(d), -1)))
+    other = rank["variable"]  # extra dims sit between the time-like and the spatial dims
+    return tuple(sorted(dims, key=lambda d: rank.get(str(d), other)))
 
 
 def canonicalize(
@@ -198,7 +200,8 @@ def canonicalize(
     rename : mapping, optional
         Explicit ``{existing dim: canonical dim}`` renames that take precedence over detection.
     extra_dims : iterable of str
-        Further dims to accept unchanged (``"channel"``...); they go first in the order.
+        Further dims to accept unchanged (``"channel"``...); they go after the time-like
+        dims and before the spatial ones.
     sort_latitude : bool
         Reverse a decreasing latitude axis so latitude increases (lazy).
     source : str
@@ -431,6 +434,32 @@ def attach_valid_mask(
     out.attrs["mask_variable"] = MASK_VARIABLE
     out.attrs["mask_source"] = "first frame" if first_only else "all frames"
     return out
+
+
+def validate_fields(
+    ds: xr.Dataset, *, mask: str = "first", fill_value: float = 0.0, source: str = "dataset"
+) -> xr.Dataset:
+    """The readers' last step: refuse all-NaN fields, then store a validity mask if needed.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+    mask : {"first", "full", "none"}
+        Build the mask from the first frame, from all frames, or not at all.
+    fill_value : float
+        Replaces NaN where a mask is built.
+    source : str
+        How to name the data in error messages.
+    """
+    if mask not in ("first", "full", "none"):
+        raise ValueError(f"mask must be 'first', 'full' or 'none', got {mask!r}")
+    fields = [str(v) for v in ds.data_vars if spatial_dims(ds[v])]
+    check_not_all_nan(ds, fields, source=source)
+    if mask != "none" and fields:
+        ds = attach_valid_mask(
+            ds, fields, first_only=mask == "first", fill_value=fill_value, source=source
+        )
+    return ds
 
 
 def latitude_weights(lat: Any, method: str = "cos") -> np.ndarray:
