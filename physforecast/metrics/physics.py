@@ -12,6 +12,8 @@ References: TF-Net ``penalty.py`` (divergence, vorticity, TKE and its spectrum),
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from physforecast.registry import METRICS
@@ -254,13 +256,6 @@ def tke_spectrum_mse(
 _QUANTITIES = {"mass": lambda x: x, "energy": lambda x: 0.5 * x**2}
 
 
-@METRICS.register(
-    "conservation_drift",
-    kind="physics",
-    higher_is_better=False,
-    variants={"mass": {"quantity": "mass"}, "energy": {"quantity": "energy"}},
-    time_series=True,
-)
 def conservation_drift(
     pred: Tensor,
     target: Tensor | None = None,
@@ -303,6 +298,12 @@ def conservation_drift(
         p, t, w = prepare(pred, target, weights, mask, name="conservation_drift", min_ndim=3)
         change = spatial_mean(q(p), w) - spatial_mean(q(t), w)
     return (change - change[..., :1]).abs()
+
+
+for _quantity in _QUANTITIES:
+    METRICS.register(f"{_quantity}_drift", kind="physics", higher_is_better=False)(
+        functools.partial(conservation_drift, quantity=_quantity)
+    )
 
 
 @METRICS.register("crmse", kind="physics", higher_is_better=False, reduces_samples=True)

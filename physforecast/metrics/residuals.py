@@ -98,7 +98,6 @@ def _field(pred: Tensor, weights, mask, name: str, n_fields: int = 0):
     higher_is_better=False,
     fields=VORTICITY_FIELDS,
     reference_free=True,
-    time_series=True,
 )
 def ns_vorticity_residual(
     pred: Tensor,
@@ -178,7 +177,6 @@ def _laplacian(c: Tensor, dx: float, dy: float, periodic: bool) -> Tensor:
     kind="physics",
     higher_is_better=False,
     reference_free=True,
-    time_series=True,
 )
 def advection_diffusion_residual(
     pred: Tensor,
@@ -240,7 +238,6 @@ def advection_diffusion_residual(
     fields=SHALLOW_WATER_FIELDS,
     label="h,u,v",
     reference_free=True,
-    time_series=True,
 )
 def shallow_water_continuity_residual(
     pred: Tensor,

@@ -247,7 +247,10 @@ def default_suite(
 
 
 def _tensor(da: xr.DataArray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(da.values))
+    values = np.ascontiguousarray(da.values)
+    if not values.flags.writeable:  # torch warns on read-only memory (netCDF, broadcasts)
+        values = values.copy()
+    return torch.from_numpy(values)
 
 
 def _canonical(da: xr.DataArray, sy: str, sx: str) -> tuple[xr.DataArray, list[str]]:
@@ -362,7 +365,7 @@ def _prepare(
     elif lat is not None:
         context["weights"] = latitude_weights(lat)
     if lat is not None:
-        context["latitude"] = torch.as_tensor(np.asarray(lat, dtype=np.float64))
+        context["latitude"] = torch.from_numpy(np.array(lat, dtype=np.float64, order="C"))
     return _Data(fields, context, np.asarray(lead_time), int(n_samples))
 
 

@@ -34,7 +34,7 @@ def latitude_weights(latitude: Tensor | np.ndarray) -> Tensor:
     torch.Tensor
         Float64 weights of shape (H, 1), to broadcast against (..., H, W).
     """
-    lat = torch.as_tensor(np.asarray(latitude, dtype=np.float64))
+    lat = torch.from_numpy(np.array(latitude, dtype=np.float64, order="C"))
     if lat.ndim != 1 or lat.numel() < 2:
         raise ValueError(
             f"latitude must be 1-d with at least 2 values, got shape {tuple(lat.shape)}"
