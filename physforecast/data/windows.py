@@ -100,11 +100,13 @@ def split_indices(
         n = ds.sizes["time"]
         order = np.arange(n)
         dim = "time"
-    cuts = np.round(np.cumsum([f / total for f in fractions]) * n).astype(int)
-    parts = np.split(order, cuts[:2])
+    # every split with a positive fraction gets at least one unit; training takes the rest
+    counts = [max(1, int(round(f / total * n))) if f > 0 else 0 for f in fractions[1:]]
+    n_train = n - sum(counts)
+    if n_train < (1 if fractions[0] > 0 else 0):
+        raise ValueError(f"{n} {dim} entries are too few for split {list(fractions)}")
+    parts = np.split(order, np.cumsum([n_train, counts[0]]))
     if dim == "trajectory":
-        if any(len(p) == 0 for p, f in zip(parts, fractions) if f > 0):
-            raise ValueError(f"{n} trajectories are too few for split {list(fractions)}")
         return [{dim: np.sort(p)} for p in parts]
     return [
         {dim: slice(int(p[0]), int(p[-1]) + 1)} if len(p) else {dim: slice(0, 0)} for p in parts

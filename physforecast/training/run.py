@@ -62,6 +62,7 @@ def infer_variables(ds: xr.Dataset) -> list[str]:
 def prepare(cfg: Config, normalizer: Normalizer | None = None) -> Prepared:
     """Open the dataset, split it, fit (or reuse) the normalization and cut windows."""
     data = cfg.data
+    pf.BACKBONES.entry(cfg.model.backbone)  # an unknown name fails before any data work
     ds = open_dataset(data.dataset, options=data.options)
     variables = list(data.variables or infer_variables(ds))
     check_variables(ds, variables)

@@ -131,6 +131,8 @@ class Trainer:
         )
         self.loss_fn = loss_fn
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.callbacks = list(callbacks or [])
         self.optimizer = torch.optim.AdamW(
@@ -197,7 +199,7 @@ class Trainer:
         if not torch.isfinite(loss):
             last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
             raise TrainingDivergedError(
-                f"loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; training stopped. "
+                f"loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {self.step}; training stopped. "
                 f"Last good checkpoint: {last if last and last.exists() else 'none'}. "
                 "Try a lower train.lr, train.grad_clip > 0 or train.precision=fp32."
             )

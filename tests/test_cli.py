@@ -1,0 +1,111 @@
+"""The ``physforecast`` command end to end on a tiny ns2d run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import xarray as xr
+
+from physforecast.cli import main
+
+TINY = [
+    "data.options.n_trajectories=6",
+    "data.options.n_steps=10",
+    "data.options.size=16",
+    "data.in_steps=3",
+    "data.out_steps=2",
+    "data.batch_size=8",
+    "model.options.hidden=8",
+    "model.options.modes=4",
+    "model.options.n_layers=2",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--epochs", "2", "--out", str(out), "--set", *TINY]) == 0
+    return out
+
+
+def test_run_directory_is_complete(run_dir):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "normalization.json",
+        "model.json",
+        "scorecard.json",
+        "scorecard.nc",
+        "forecasts.nc",
+    ):
+        assert (run_dir / name).exists(), name
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert state["epoch"] >= 1 and json.loads(state["config"])["data"]["in_steps"] == 3
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
+        "error_vs_lead.png",
+        "forecast_panel.png",
+    ]
+    card = json.loads((run_dir / "scorecard.json").read_text())
+    assert (
+        "rmse" in json.dumps(card) and "nrmse" in json.dumps(card) or "rel_l2" in json.dumps(card)
+    )
+    fc = xr.open_dataset(run_dir / "forecasts.nc")
+    assert fc.vorticity.dims == ("sample", "lead_time", "y", "x") and fc.sizes["lead_time"] == 2
+    assert fc.vorticity.attrs["units"] == "s-1"
+
+
+def test_evaluate_rescoring_is_reproducible(run_dir, capsys):
+    before = xr.open_dataset(run_dir / "scorecard.nc").load()
+    assert main(["evaluate", str(run_dir)]) == 0
+    assert "rmse" in capsys.readouterr().out
+    after = xr.open_dataset(run_dir / "scorecard.nc").load()
+    xr.testing.assert_allclose(before["score"], after["score"])
+
+
+def test_resume_continues_to_more_epochs(run_dir):
+    assert main(["train", "--resume", str(run_dir), "--epochs", "3"]) == 0
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_unknown_key_is_a_clear_cli_error(capsys):
+    assert main(["train", "--set", "train.epoch=3"]) == 2
+    assert "Did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_unknown_backbone_and_dataset(capsys, tmp_path):
+    assert main(["train", "--backbone", "fnoo", "--out", str(tmp_path / "r"), "--set", *TINY]) == 2
+    assert "Did you mean 'fno'" in capsys.readouterr().err
+    assert main(["train", "--dataset", "nope.nc", "--out", str(tmp_path / "r2")]) == 2
+    assert "neither a registered dataset" in capsys.readouterr().err
+
+
+def test_list_datasets(capsys):
+    assert main(["list", "datasets"]) == 0
+    assert "ns2d" in capsys.readouterr().out
+
+
+def test_generate_writes_netcdf(tmp_path):
+    out = tmp_path / "ns.nc"
+    assert (
+        main(
+            [
+                "generate",
+                "ns2d",
+                "--out",
+                str(out),
+                "--set",
+                "n_trajectories=2",
+                "n_steps=2",
+                "size=16",
+                "progress=false",
+            ]
+        )
+        == 0
+    )
+    ds = xr.open_dataset(out)
+    assert ds.vorticity.shape == (2, 2, 16, 16)
+    assert [p.name for p in tmp_path.iterdir()] == ["ns.nc"]
