@@ -113,12 +113,6 @@ def open_dataset(
         raise FileNotFoundError(
             f"{name!r} is neither a registered dataset ({', '.join(DATASETS.names())}) nor an existing file"
         )
-    try:
-        from physforecast.data.formats import open_any
-    except ImportError:  # readers for HDF5 layouts not available
-        open_any = None
-    if open_any is not None:
-        return open_any(path, **(options or {}))
-    if path.suffix == ".zarr" or path.is_dir():
-        return xr.open_zarr(path, **(options or {}))
-    return xr.open_dataset(path, chunks={}, **(options or {}))
+    from physforecast.data.formats import open_any
+
+    return open_any(path, **(options or {}))
