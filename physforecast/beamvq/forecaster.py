@@ -7,7 +7,8 @@ model. Its forecast is a beam search over the head's candidates, in blocks of
 ``T_in`` frames of history + chosen blocks), ranked by a reference-free
 :class:`~.scores.ScoreCombination`, and the mean of the top-``ensemble`` beams.
 
-Without a score (or with ``width == ensemble == 1``) it returns the top-1 forecast.
+Without a score it averages the ``ensemble`` nearest-code candidates (candidate order
+is code distance), which is the top-1 forecast for ``ensemble == 1``.
 """
 
 from __future__ import annotations
@@ -174,8 +175,10 @@ class BeamVQForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The self-ensembled beam-search forecast ``(B, T_out, C, H, W)``."""
-        if self.score is None or (self.width == 1 and self.ensemble == 1 and self.top_k == 1):
-            return self.head(x, cond, k=1).candidates[:, 0]
+        if self.score is None or self.top_k == 1:
+            # no score to rank by: the candidates are in code-distance order
+            m = min(self.ensemble, self.top_k)
+            return self.candidates(x, cond, k=m)[:, :m].mean(1)
         result = self.search(x, cond)
         return self_ensemble(result, self.ensemble)
 
