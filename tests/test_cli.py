@@ -52,6 +52,8 @@ def test_run_directory_is_complete(run_dir):
     assert (
         "rmse" in json.dumps(card) and "nrmse" in json.dumps(card) or "rel_l2" in json.dumps(card)
     )
+    data = json.loads((run_dir / "data.json").read_text())
+    assert data["shape"] == [16, 16] and data["variables"] == ["vorticity"] and data["system"] == "ns2d"
     fc = xr.open_dataset(run_dir / "forecasts.nc")
     assert fc.vorticity.dims == ("sample", "lead_time", "y", "x") and fc.sizes["lead_time"] == 2
     assert fc.vorticity.attrs["units"] == "s-1"

@@ -94,6 +94,25 @@ def model_spec(cfg: Config, prepared: Prepared) -> dict[str, Any]:
     }
 
 
+def data_spec(prepared: Prepared) -> dict[str, Any]:
+    """What a trained model expects of its input (saved as ``data.json``).
+
+    Keys: ``variables``, ``params``, ``spatial_dims``, ``shape`` (H, W), ``in_steps``,
+    ``out_steps``, ``in_channels``, ``system``.
+    """
+    windows = prepared.train
+    return {
+        "variables": prepared.variables,
+        "params": prepared.param_names,
+        "spatial_dims": list(windows.spatial),
+        "shape": list(windows.shape),
+        "in_steps": windows.in_steps,
+        "out_steps": windows.out_steps,
+        "in_channels": prepared.in_channels,
+        "system": str(prepared.dataset.attrs.get("system", "")),
+    }
+
+
 def build_model(cfg: Config, prepared: Prepared) -> nn.Module:
     """The backbone named in ``cfg.model`` sized for the prepared data."""
     return pf.create_backbone(**model_spec(cfg, prepared))
@@ -135,6 +154,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, evaluate: bool = Tru
         save_config(cfg, run_dir / "config.yaml")
         prepared.normalizer.save(run_dir / "normalization.json")
         (run_dir / "model.json").write_text(json.dumps(model_spec(cfg, prepared), indent=2))
+        (run_dir / "data.json").write_text(json.dumps(data_spec(prepared), indent=2))
     try:
         if cfg.method == "beamvq":
             from physforecast.beamvq.pipeline import train_beamvq
