@@ -78,3 +78,11 @@ def list_backbones(filter: str | None = None) -> list[str]:
 def list_datasets(filter: str | None = None) -> list[str]:
     """Names of the registered datasets (simulators and loaders)."""
     return DATASETS.names(filter)
+
+
+# Forecasting API and the ``.physforecast`` xarray accessor (registered on import).
+from . import accessor  # noqa: E402, F401
+from .api import Forecaster, load  # noqa: E402
+from .rollout import predict, rollout  # noqa: E402
+
+__all__ += ["Forecaster", "load", "predict", "rollout"]

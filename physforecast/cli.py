@@ -51,6 +51,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    import physforecast as pf
+    from physforecast.api import truth_for
+    from physforecast.data.io import open_dataset, write_dataset
+    from physforecast.plots import save_forecast_plots
+    from physforecast.rollout import RolloutBlowupError
+
+    forecaster = pf.load(args.run_dir, args.checkpoint)
+    ds = open_dataset(args.input)
+    steps = args.steps if args.steps is not None else forecaster.out_steps
+    try:
+        forecast = pf.rollout(forecaster, ds, steps, init=args.init, on_blowup=args.on_blowup)
+    except RolloutBlowupError as err:
+        print(f"physforecast: error: {err}", file=sys.stderr)
+        return 2
+    path = write_dataset(forecast, args.out)
+    print(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in forecast.sizes.items()))
+    if args.plots:
+        has_truth = int(forecast["init_index"].max()) + 1 < ds.sizes["time"]
+        truth = truth_for(forecast, ds) if has_truth else None
+        written = save_forecast_plots(forecast, Path(args.run_dir) / "plots", truth)
+        print("plots: " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     import physforecast as pf
     from physforecast.registry import DATASETS, METRICS
@@ -132,6 +157,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="rescore a run's best checkpoint on its test split")
     p.add_argument("run_dir")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "forecast", help="forecast from a dataset with a trained run (any horizon: rollout)"
+    )
+    p.add_argument("run_dir", help="run directory written by physforecast train")
+    p.add_argument(
+        "--input", required=True, help="netCDF/zarr/HDF5 file (or dataset name) to start from"
+    )
+    p.add_argument(
+        "--steps", type=int, help="lead times (default: the model's out_steps; more: rollout)"
+    )
+    p.add_argument("--out", required=True, help="output path ending in .nc or .zarr")
+    p.add_argument(
+        "--init",
+        type=int,
+        nargs="+",
+        help="time indices of the last input frame (default: the last frame)",
+    )
+    p.add_argument("--checkpoint", default="best", help="checkpoint name (best or last)")
+    p.add_argument(
+        "--on-blowup",
+        choices=["nan", "raise"],
+        default="nan",
+        help="when values leave the training range: NaN the rest (warn) or stop",
+    )
+    p.add_argument(
+        "--plots", action="store_true", help="also write spectra, panels and a GIF to RUN_DIR/plots"
+    )
+    p.set_defaults(func=_cmd_forecast)
 
     p = sub.add_parser("list", help="list backbones, datasets or metrics")
     p.add_argument("what", choices=["backbones", "datasets", "metrics"])

@@ -1,4 +1,11 @@
-"""Plots people would rather look at than read: forecast panels and error curves."""
+"""Plots people would rather look at than read.
+
+Forecast / truth / error panels for chosen lead times, metrics against lead time, energy
+spectra of forecast and truth, and a GIF animation of a rollout. Every ``plot_*`` function
+returns a ``matplotlib`` figure; :func:`save_figure` writes one as PNG atomically and
+:func:`save_forecast_plots` writes the whole set into a directory (``RUN_DIR/plots``).
+Forecasts use the forecast layout: (sample | init_time, lead_time, [level], y, x).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-__all__ = ["plot_forecast_panel", "plot_metric_vs_lead", "save_figure"]
+__all__ = [
+    "plot_forecast_panel",
+    "plot_metric_vs_lead",
+    "plot_spectra",
+    "animate_rollout",
+    "save_forecast_plots",
+    "save_figure",
+]
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
@@ -32,31 +46,33 @@ def plot_forecast_panel(
     *,
     sample: int = 0,
     leads: list[int] | None = None,
+    lead_times: list[int] | None = None,
 ) -> plt.Figure:
     """Truth, forecast and error side by side for a few lead times.
 
     Parameters
     ----------
     forecast, truth : xr.Dataset
-        Forecast-convention datasets (sample, lead_time, y, x).
+        Forecast-convention datasets (sample | init_time, lead_time, y, x).
     variable : str, optional
         Which variable; the first one by default.
     sample : int
         Which sample (window) to show.
     leads : list of int, optional
         Lead-time positions to show; first, middle and last by default.
+    lead_times : list of int, optional
+        Lead times to show, as values of the ``lead_time`` coordinate (instead of ``leads``).
 
     Returns
     -------
     matplotlib.figure.Figure
         A 3-row grid: truth, forecast, forecast - truth.
     """
-    variable = variable or next(n for n, v in forecast.data_vars.items() if "lead_time" in v.dims)
-    f, t = forecast[variable].isel(sample=sample), truth[variable].isel(sample=sample)
-    extra = [d for d in f.dims if d not in ("lead_time",) and d not in f.dims[-2:]]
-    if extra:
-        f, t = f.isel({d: 0 for d in extra}), t.isel({d: 0 for d in extra})
+    variable = variable or _first_field(forecast)
+    f, t = _one_sample(forecast[variable], sample), _one_sample(truth[variable], sample)
     n = f.sizes["lead_time"]
+    if lead_times is not None:
+        leads = _lead_positions(forecast, lead_times)
     leads = leads or sorted({0, n // 2, n - 1})
     fig, axes = plt.subplots(3, len(leads), figsize=(3.2 * len(leads), 8.4), squeeze=False)
     vmin, vmax = float(np.nanmin(t.values)), float(np.nanmax(t.values))
@@ -93,6 +109,31 @@ def plot_forecast_panel(
     return fig
 
 
+def _first_field(ds: xr.Dataset) -> str:
+    names = [str(n) for n, v in ds.data_vars.items() if "lead_time" in v.dims]
+    if not names:
+        raise ValueError("the forecast has no data variable with a 'lead_time' dim")
+    return names[0]
+
+
+def _one_sample(da: xr.DataArray, sample: int) -> xr.DataArray:
+    """(lead_time, H, W) of one sample; extra dims (levels) at their first index."""
+    sdim = next((d for d in ("sample", "init_time") if d in da.dims), None)
+    if sdim is None:
+        raise ValueError(f"variable {da.name!r} has dims {da.dims}; expected a 'sample' dim")
+    da = da.isel({sdim: sample})
+    extra = [d for d in da.dims if d != "lead_time" and d not in da.dims[-2:]]
+    return da.isel({d: 0 for d in extra}) if extra else da
+
+
+def _lead_positions(forecast: xr.Dataset, lead_times: list[int]) -> list[int]:
+    values = list(np.asarray(forecast["lead_time"].values).tolist())
+    missing = [v for v in lead_times if v not in values]
+    if missing:
+        raise ValueError(f"lead times {missing} not in the forecast (lead_time = {values})")
+    return [values.index(v) for v in lead_times]
+
+
 def plot_metric_vs_lead(scorecard: xr.Dataset, metrics: list[str] | None = None) -> plt.Figure:
     """Metric value against lead time, one line per variable, a panel per metric."""
     names = list(scorecard["metric"].values)
@@ -113,3 +154,180 @@ def plot_metric_vs_lead(scorecard: xr.Dataset, metrics: list[str] | None = None)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _mean_spectrum(da: xr.DataArray) -> xr.DataArray:
+    """Power spectrum averaged over everything but lead_time: (lead_time, wavenumber)."""
+    from physforecast.api import spectrum
+
+    spec = spectrum(da)
+    return spec.mean([d for d in spec.dims if d not in ("lead_time", "wavenumber")]).compute()
+
+
+def plot_spectra(
+    forecast: xr.Dataset,
+    truth: xr.Dataset | None = None,
+    variable: str | None = None,
+    *,
+    leads: list[int] | None = None,
+    lead_times: list[int] | None = None,
+) -> plt.Figure:
+    """Radially averaged power spectra of forecast (solid) and truth (dashed), log-log.
+
+    Averaged over samples (and levels); one colour per lead time. A forecast that
+    smooths out the small scales falls below the truth at high wavenumbers.
+
+    Parameters
+    ----------
+    forecast : xr.Dataset
+        Forecast layout (sample | init_time, lead_time, y, x).
+    truth : xr.Dataset, optional
+        The same layout; its spectra are drawn dashed.
+    variable : str, optional
+        Which variable; the first field by default.
+    leads, lead_times : list of int, optional
+        Lead positions or ``lead_time`` values; first, middle and last by default.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axis; the lines' data are the spectra (wavenumber >= 1).
+    """
+    variable = variable or _first_field(forecast)
+    n = forecast.sizes["lead_time"]
+    if lead_times is not None:
+        leads = _lead_positions(forecast, lead_times)
+    leads = leads or sorted({0, n // 2, n - 1})
+    spec_f = _mean_spectrum(forecast[variable])
+    spec_t = _mean_spectrum(truth[variable]) if truth is not None else None
+    k = spec_f["wavenumber"].values[1:]
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(leads)))
+    for color, lead in zip(colors, leads):
+        label = int(forecast["lead_time"].values[lead])
+        ax.loglog(k, spec_f.values[lead, 1:], color=color, label=f"forecast, lead {label}")
+        if spec_t is not None:
+            ax.loglog(k, spec_t.values[lead, 1:], "--", color=color, label=f"truth, lead {label}")
+    units = forecast[variable].attrs.get("units")
+    ax.set_xlabel("wavenumber k (cycles per domain)")
+    ax.set_ylabel(f"power ({units})$^2$" if units else "power")
+    ax.set_title(f"{variable}: power spectrum")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def animate_rollout(
+    forecast: xr.Dataset,
+    path: str | os.PathLike,
+    truth: xr.Dataset | None = None,
+    variable: str | None = None,
+    *,
+    sample: int = 0,
+    fps: int = 4,
+    dpi: int = 80,
+) -> Path:
+    """Write a GIF of a rollout, one frame per lead time (matplotlib's PillowWriter).
+
+    Parameters
+    ----------
+    forecast : xr.Dataset
+        Forecast layout (sample | init_time, lead_time, y, x).
+    path : path
+        The ``.gif`` to write (atomically: a temporary file renamed into place).
+    truth : xr.Dataset, optional
+        The same layout; adds truth and error panels beside the forecast.
+    variable : str, optional
+        Which variable; the first field by default.
+    sample : int
+        Which sample to animate.
+    fps, dpi : int
+        Frames per second and resolution.
+
+    Returns
+    -------
+    Path
+        The written GIF (``lead_time`` frames).
+    """
+    from matplotlib.animation import PillowWriter
+
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"animate_rollout writes a .gif, not {path.name!r}")
+    variable = variable or _first_field(forecast)
+    f = _one_sample(forecast[variable], sample).values
+    panels = [("forecast", f)]
+    if truth is not None:
+        t = _one_sample(truth[variable], sample).values
+        panels = [("truth", t), ("forecast", f), ("error", f - t)]
+    finite = np.concatenate([p[1][np.isfinite(p[1])] for p in panels[:2]] or [np.zeros(1)])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    emax = float(np.nanmax(np.abs(panels[-1][1]))) if truth is not None else 1.0
+    emax = emax if np.isfinite(emax) and emax > 0 else 1.0
+    leads = forecast["lead_time"].values
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
+    images = []
+    for ax, (name, data) in zip(axes[0], panels):
+        kw = (
+            {"vmin": -emax, "vmax": emax, "cmap": "PuOr_r"}
+            if name == "error"
+            else {"vmin": vmin, "vmax": vmax, "cmap": "RdBu_r"}
+        )
+        images.append(ax.imshow(data[0], origin="lower", **kw))
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    title = fig.suptitle("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.gif")
+    try:
+        writer = PillowWriter(fps=fps)
+        with writer.saving(fig, str(tmp), dpi):
+            for i, lead in enumerate(leads):
+                for image, (_, data) in zip(images, panels):
+                    image.set_data(data[i])
+                title.set_text(f"{variable}, sample {sample}: lead {int(lead)}")
+                writer.grab_frame()
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def save_forecast_plots(
+    forecast: xr.Dataset,
+    out_dir: str | os.PathLike,
+    truth: xr.Dataset | None = None,
+    scorecard: xr.Dataset | None = None,
+    *,
+    variable: str | None = None,
+    sample: int = 0,
+    prefix: str = "rollout",
+) -> dict[str, Path]:
+    """Write the plots of a forecast into ``out_dir`` (``RUN_DIR/plots``, say).
+
+    ``<prefix>_spectra.png`` and ``<prefix>.gif`` always; ``<prefix>_panel.png`` with a
+    truth, ``<prefix>_error_vs_lead.png`` with a scorecard.
+
+    Returns
+    -------
+    dict
+        Plot name -> written path.
+    """
+    out_dir = Path(out_dir)
+    written: dict[str, Path] = {}
+    figures = {"spectra": plot_spectra(forecast, truth, variable)}
+    if truth is not None:
+        figures["panel"] = plot_forecast_panel(forecast, truth, variable, sample=sample)
+    if scorecard is not None:
+        figures["error_vs_lead"] = plot_metric_vs_lead(scorecard)
+    for name, fig in figures.items():
+        written[name] = save_figure(fig, out_dir / f"{prefix}_{name}.png")
+        plt.close(fig)
+    written["animation"] = animate_rollout(
+        forecast, out_dir / f"{prefix}.gif", truth, variable, sample=sample
+    )
+    return written
