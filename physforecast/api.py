@@ -104,7 +104,7 @@ class Forecaster(nn.Module):
         self.in_steps, self.out_steps = int(in_steps), int(out_steps)
         self.grid = {str(k): int(v) for k, v in grid.items()} if grid else None
         self.run_dir = str(run_dir) if run_dir is not None else None
-        self.model.eval()
+        self.eval()
 
     @property
     def variables(self) -> list[str]:
