@@ -139,10 +139,11 @@ class Forecaster(nn.Module):
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """One model call in normalized units: (B, T_in, C, H, W) -> (B, T_out, C, H, W), fp32."""
+        """One model call in normalized units: (B, T_in, C, H, W) -> (B, T_out, C, H, W), fp32,
+        on the model's device and returned on ``x``'s."""
         device = self.device
         cond = cond.to(device) if (cond is not None and self.cond_dim) else None
-        return self.model(x.to(device), cond).float().cpu()
+        return self.model(x.to(device), cond).float().to(x.device)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,7 +162,7 @@ class Forecaster(nn.Module):
         torch.Tensor
             (B, T_out, C, H, W) in physical units.
         """
-        mean, std = (s.to(x.dtype).reshape(-1, 1, 1) for s in self.channel_stats())
+        mean, std = (s.to(x).reshape(-1, 1, 1) for s in self.channel_stats())
         z = torch.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).float()
         cond = None
         if self.cond_dim:

@@ -61,8 +61,11 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     forecaster = pf.load(args.run_dir, args.checkpoint)
     ds = open_dataset(args.input)
     steps = args.steps if args.steps is not None else forecaster.out_steps
+    init = None
+    if args.init:
+        init = [int(v) if v.lstrip("-").isdigit() else v for v in args.init]
     try:
-        forecast = pf.rollout(forecaster, ds, steps, init=args.init, on_blowup=args.on_blowup)
+        forecast = pf.rollout(forecaster, ds, steps, init=init, on_blowup=args.on_blowup)
     except RolloutBlowupError as err:
         print(f"physforecast: error: {err}", file=sys.stderr)
         return 2
@@ -171,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output path ending in .nc or .zarr")
     p.add_argument(
         "--init",
-        type=int,
         nargs="+",
-        help="time indices of the last input frame (default: the last frame)",
+        help="last input frame of each forecast: time indices or times such as "
+        "2020-01-01T06 (default: the last frame)",
     )
     p.add_argument("--checkpoint", default="best", help="checkpoint name (best or last)")
     p.add_argument(
