@@ -14,8 +14,6 @@ Conventions (all public metrics follow them):
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = [
@@ -28,7 +26,6 @@ __all__ = [
     "weight_sum",
     "time_derivative",
     "fd_derivative",
-    "spectral_wavenumbers",
     "reshape_param",
 ]
 
@@ -231,12 +228,3 @@ def fd_derivative(x: torch.Tensor, spacing: float, dim: int, periodic: bool) -> 
     if x.shape[dim] < 3:
         raise ValueError(f"a non-periodic derivative needs at least 3 points along dim {dim}")
     return torch.gradient(x, spacing=float(spacing), dim=dim, edge_order=2)[0]
-
-
-def spectral_wavenumbers(
-    h: int, w: int, dy: float, dx: float, *, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Angular wavenumbers (ky (H, 1), kx (1, W)) of a periodic grid with spacings dy, dx."""
-    ky = 2 * math.pi * torch.fft.fftfreq(h, d=dy, dtype=dtype, device=device)
-    kx = 2 * math.pi * torch.fft.fftfreq(w, d=dx, dtype=dtype, device=device)
-    return ky[:, None], kx[None, :]

@@ -10,7 +10,6 @@ References: PDEBench ``metric_func`` (RMSE, nRMSE, max error), The Well ``spatia
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from physforecast.registry import METRICS
 
@@ -220,20 +219,30 @@ def _reflect_index(n: int, r: int, device: torch.device) -> Tensor:
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
 
+def _filter_matrix(n: int, k: Tensor) -> Tensor:
+    """The (n, n) matrix of correlating with ``k`` under mirror padding (folded into it)."""
+    r = (k.numel() - 1) // 2
+    padded = _reflect_index(n, r, k.device)
+    rows = torch.arange(n)[:, None].expand(n, 2 * r + 1)
+    cols = padded[torch.arange(n)[:, None] + torch.arange(2 * r + 1)[None, :]]
+    m = torch.zeros(n, n, dtype=k.dtype)
+    return m.index_put_((rows, cols), k.expand(n, 2 * r + 1), accumulate=True)
+
+
 def _gaussian_filter(x: Tensor, sigma: float, truncate: float) -> Tensor:
-    """Separable Gaussian filter of every (H, W) frame, as ``scipy.ndimage.gaussian_filter``."""
+    """Separable Gaussian filter of every (H, W) frame, as ``scipy.ndimage.gaussian_filter``.
+
+    Each axis is one matrix product with the banded filter matrix (mirror padding folded
+    in), which BLAS runs much faster on CPU than an 11-tap single-channel convolution.
+    """
     r = int(truncate * sigma + 0.5)
-    taps = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    taps = torch.arange(-r, r + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (taps / sigma) ** 2)
     k = k / k.sum()
     h, w = x.shape[-2:]
-    lead = x.shape[:-2]
-    xp = x.reshape(-1, 1, h, w)
-    xp = xp.index_select(-2, _reflect_index(h, r, x.device))
-    xp = xp.index_select(-1, _reflect_index(w, r, x.device))
-    xp = F.conv2d(xp, k.view(1, 1, -1, 1))
-    xp = F.conv2d(xp, k.view(1, 1, 1, -1))
-    return xp.reshape(*lead, h, w)
+    gh = _filter_matrix(h, k).to(dtype=x.dtype, device=x.device)
+    gw = _filter_matrix(w, k).to(dtype=x.dtype, device=x.device)
+    return gh @ x @ gw.T
 
 
 @METRICS.register("ssim", kind="pointwise", higher_is_better=True)

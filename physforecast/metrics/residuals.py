@@ -25,7 +25,6 @@ from ._common import (
     prepare_field,
     reshape_param,
     spatial_mean,
-    spectral_wavenumbers,
     time_derivative,
 )
 
@@ -62,21 +61,36 @@ def ns_forcing(
 
 
 class _Spectral:
-    """Spectral derivatives of periodic (..., H, W) fields with spacings (dy, dx)."""
+    """Spectral derivatives of real periodic (..., H, W) fields with spacings (dy, dx).
+
+    Real FFTs (half the work of complex ones). The Nyquist modes of an even grid are
+    left out of first derivatives, where their sign is ambiguous.
+    """
 
     def __init__(self, like: Tensor, dx: float, dy: float) -> None:
         h, w = like.shape[-2:]
-        self.ky, self.kx = spectral_wavenumbers(h, w, dy, dx, dtype=like.dtype, device=like.device)
-        self.k2 = self.kx**2 + self.ky**2
+        opts = {"dtype": like.dtype, "device": like.device}
+        ky = 2 * math.pi * torch.fft.fftfreq(h, d=dy, **opts)
+        kx = 2 * math.pi * torch.fft.rfftfreq(w, d=dx, **opts)
+        self.shape = (h, w)
+        self.k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+        if h % 2 == 0:
+            ky[h // 2] = 0.0
+        if w % 2 == 0:
+            kx[-1] = 0.0
+        self.ky, self.kx = ky[:, None], kx[None, :]
+
+    def fft(self, f: Tensor) -> Tensor:
+        return torch.fft.rfft2(f)
 
     def grad(self, f_hat: Tensor) -> tuple[Tensor, Tensor]:
-        """(df/dx, df/dy) from the FFT of f."""
-        fx = torch.fft.ifft2(1j * self.kx * f_hat).real
-        fy = torch.fft.ifft2(1j * self.ky * f_hat).real
+        """(df/dx, df/dy) from the real FFT of f."""
+        fx = torch.fft.irfft2(1j * self.kx * f_hat, s=self.shape)
+        fy = torch.fft.irfft2(1j * self.ky * f_hat, s=self.shape)
         return fx, fy
 
     def laplacian(self, f_hat: Tensor) -> Tensor:
-        return torch.fft.ifft2(-self.k2 * f_hat).real
+        return torch.fft.irfft2(-self.k2 * f_hat, s=self.shape)
 
 
 def _field(pred: Tensor, weights, mask, name: str, n_fields: int = 0):
@@ -141,7 +155,7 @@ def ns_vorticity_residual(
     w_field, w = _field(pred, weights, mask, "ns_vorticity_residual")
     h, wd = w_field.shape[-2:]
     ops = _Spectral(w_field, dx, dy)
-    w_hat = torch.fft.fft2(w_field)
+    w_hat = ops.fft(w_field)
     psi_hat = torch.where(ops.k2 > 0, w_hat / ops.k2.clamp_min(1e-30), torch.zeros_like(w_hat))
     psi_x, psi_y = ops.grad(psi_hat)
     u, v = psi_y, -psi_x
@@ -160,14 +174,16 @@ def ns_vorticity_residual(
 def _grad(c: Tensor, dx: float, dy: float, periodic: bool) -> tuple[Tensor, Tensor]:
     """(dc/dx, dc/dy) of (..., H, W) fields: spectral if periodic, else finite differences."""
     if periodic:
-        return _Spectral(c, dx, dy).grad(torch.fft.fft2(c))
+        ops = _Spectral(c, dx, dy)
+        return ops.grad(ops.fft(c))
     return fd_derivative(c, dx, -1, False), fd_derivative(c, dy, -2, False)
 
 
 def _laplacian(c: Tensor, dx: float, dy: float, periodic: bool) -> Tensor:
     """lap c of (..., H, W) fields: spectral if periodic, else finite differences."""
     if periodic:
-        return _Spectral(c, dx, dy).laplacian(torch.fft.fft2(c))
+        ops = _Spectral(c, dx, dy)
+        return ops.laplacian(ops.fft(c))
     c_x, c_y = _grad(c, dx, dy, False)
     return fd_derivative(c_x, dx, -1, False) + fd_derivative(c_y, dy, -2, False)
 

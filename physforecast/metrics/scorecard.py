@@ -96,6 +96,10 @@ _ALIASES = {
     "diffusion_coefficient": "kappa",
     "thermal_diffusivity": "kappa",
 }
+_HINTS = {
+    "climatology": "pass climatology= to score() (a Dataset with this variable)",
+    "latitude": "it needs a latitude-longitude grid",
+}
 _MIN_SIZE = {"ssim": 11, "lsd": 4}
 #: The stored validity mask of physforecast.data.cf: boolean, dims (variable, *spatial).
 _MASK_VARIABLE = "valid_mask"
@@ -128,6 +132,7 @@ class _Data:
     context: dict[str, Any]  # dx, dy, dt, periodic, parameters, latitude, weights
     lead_time: np.ndarray
     n_samples: int
+    per_sample: set[str] = field(default_factory=set)  # context keys indexed by sample
 
 
 # ---------------------------------------------------------------- suites
@@ -150,7 +155,7 @@ def _resolve(suite: Iterable[Any]) -> list[_Item]:
             if entry in METRICS:
                 reg = METRICS.entry(entry)
                 expand = reg.meta.get("variants")
-                if expand:
+                if expand and not reg.meta.get("outputs"):
                     items += [
                         _Item(f"{entry}_{suffix}", reg.factory, reg.meta, dict(opts))
                         for suffix, opts in expand.items()
@@ -345,12 +350,13 @@ def _prepare(
     bc = forecast.attrs.get("boundary_conditions")
     if bc is not None:
         context["periodic"] = str(bc).lower() == "periodic"
+    per_sample = set()
     for pname, da in forecast.data_vars.items():
         if da.dims == ("sample",):
-            value = _tensor(da)
-            context[str(pname)] = value
-            if str(pname) in _ALIASES:
-                context[_ALIASES[str(pname)]] = value
+            keys = [str(pname)] + ([_ALIASES[str(pname)]] if str(pname) in _ALIASES else [])
+            for key in keys:
+                context[key] = _tensor(da)
+                per_sample.add(key)
     for key in list(context):
         if key in _ALIASES and _ALIASES[key] not in context:
             context[_ALIASES[key]] = context[key]
@@ -366,7 +372,7 @@ def _prepare(
         context["weights"] = latitude_weights(lat)
     if lat is not None:
         context["latitude"] = torch.from_numpy(np.array(lat, dtype=np.float64, order="C"))
-    return _Data(fields, context, np.asarray(lead_time), int(n_samples))
+    return _Data(fields, context, np.asarray(lead_time), int(n_samples), per_sample)
 
 
 def _none():
@@ -444,23 +450,24 @@ def _call_kwargs(item: _Item, fn_params: dict[str, inspect.Parameter], ctx: dict
             kwargs[pname] = ctx[pname]
         elif param.default is inspect.Parameter.empty:
             names = [pname] + [k for k, v in _ALIASES.items() if v == pname]
-            raise _Unavailable(
-                f"metric {item.row!r} needs {pname!r}: give the forecast a dataset attribute "
-                f"or a per-sample variable named one of {names}"
+            hint = _HINTS.get(
+                pname,
+                f"give the forecast a dataset attribute or a per-sample variable named one "
+                f"of {names}",
             )
+            raise _Unavailable(f"metric {item.row!r} needs {pname!r}: {hint}")
     if accepts_all:
         kwargs.update({k: v for k, v in ctx.items() if v is not None and k not in kwargs})
         kwargs.update(item.options)
     return kwargs
 
 
-def _targets(
-    item: _Item, data: _Data
-) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, _Field]]:
-    """(label, pred, truth, mask, field) triples the item is evaluated on."""
+def _targets(item: _Item, data: _Data) -> list[tuple[str, _Field]]:
+    """The (variable label, field) pairs an item is evaluated on; velocity-like groups are
+    stacked on dim -3: (S, L, C, H, W)."""
     fields = item.meta.get("fields")
     if not fields:
-        return [(label, f.pred, f.truth, f.mask, f) for label, f in data.fields.items()]
+        return list(data.fields.items())
     chosen = []
     for candidates in fields:
         found = next((c for c in candidates if c in data.fields), None)
@@ -473,69 +480,94 @@ def _targets(
             )
         chosen.append(found)
     if len(chosen) == 1:
-        f = data.fields[chosen[0]]
-        return [(chosen[0], f.pred, f.truth, f.mask, f)]
+        return [(chosen[0], data.fields[chosen[0]])]
     parts = [data.fields[c] for c in chosen]
-    pred = torch.stack([p.pred for p in parts], -3)
-    truth = torch.stack([p.truth for p in parts], -3)
-    masks = [p.mask for p in parts]
     mask = None
-    if any(m is not None for m in masks):
-        mask = torch.stack(
-            [
-                m if m is not None else torch.ones_like(p.truth, dtype=torch.bool)
-                for m, p in zip(masks, parts)
-            ],
-            -3,
-        )
-    label = item.meta.get("label", ",".join(chosen))
-    return [(label, pred, truth, mask, parts[0])]
+    if any(p.mask is not None for p in parts):
+        ones = torch.ones_like(parts[0].truth, dtype=torch.bool)
+        mask = torch.stack([ones if p.mask is None else p.mask for p in parts], -3)
+    group = _Field(
+        pred=torch.stack([p.pred for p in parts], -3),
+        truth=torch.stack([p.truth for p in parts], -3),
+        mask=mask,
+    )
+    return [(item.meta.get("label", ",".join(chosen)), group)]
 
 
-def _evaluate(item: _Item, data: _Data) -> list[tuple[str, str, np.ndarray, bool]]:
-    """Run one suite item: [(row, variable label, values, is_window)], values (L,) or ()."""
+def _chunk(fld: _Field, ctx: dict[str, Any], per_sample: set[str], sl: slice):
+    """The samples ``sl`` of a field and of the per-sample entries of the context."""
+    part = _Field(
+        pred=fld.pred[sl],
+        truth=fld.truth[sl],
+        mask=None if fld.mask is None else fld.mask[sl],
+        members=None if fld.members is None else fld.members[sl],
+        climatology=None if fld.climatology is None else fld.climatology[sl],
+    )
+    sub = {
+        k: (v[sl] if k in per_sample and isinstance(v, torch.Tensor) else v) for k, v in ctx.items()
+    }
+    return part, sub
+
+
+def _evaluate(
+    item: _Item, data: _Data, chunk: int | None
+) -> list[tuple[str, str, np.ndarray, bool]]:
+    """Run one suite item: [(row, variable label, values, is_window)], values (L,) or ().
+
+    Metrics that do not aggregate samples themselves run on ``chunk`` samples at a time
+    (small intermediates, less memory traffic); their per-sample values are concatenated.
+    """
     meta = item.meta
     params = dict(inspect.signature(item.fn).parameters)
-    out = []
     window = bool(meta.get("window"))
     reduces = bool(meta.get("reduces_samples"))
     ensemble = bool(meta.get("ensemble"))
-    for label, pred, truth, mask, fld in _targets(item, data):
+    step = data.n_samples if reduces or not chunk else chunk
+    slices = [slice(i, i + step) for i in range(0, data.n_samples, step)]
+    out = []
+    for label, fld in _targets(item, data):
+        if ensemble and fld.members is None:
+            raise _Unavailable(f"metric {item.row!r} needs an ensemble (a 'member' dim)")
         ctx = dict(data.context)
         if not meta.get("weighted", True):
             ctx.pop("weights", None)
-        ctx["mask"] = mask
-        ctx["climatology"] = fld.climatology
+        ctx.update(mask=fld.mask, climatology=fld.climatology)
         if reduces:
             ctx["sample_dim"] = 0
         if ensemble:
-            if fld.members is None:
-                raise _Unavailable(f"metric {item.row!r} needs an ensemble (a 'member' dim)")
-            pred = fld.members
             ctx["member_dim"] = 2
-        kwargs = _call_kwargs(item, params, ctx)
-        runs = [(item.row, pred)]
+        kwargs = _call_kwargs(item, params, ctx)  # checks required keywords once
+        runs = [(item.row, "members" if ensemble else "pred")]
         if meta.get("reference_free"):
-            runs.append((f"{item.row}_truth", truth))
-        for row, x in runs:
-            with torch.no_grad():
-                value = item.fn(x, truth, **kwargs)
-            for sub_row, v in _rows(row, value, truth.shape, window, reduces):
+            runs.append((f"{item.row}_truth", "truth"))
+        for row, source in runs:
+            values = []
+            for sl in slices:
+                part, sub = _chunk(fld, kwargs, data.per_sample | {"mask", "climatology"}, sl)
+                with torch.no_grad():
+                    values.append(item.fn(getattr(part, source), part.truth, **sub))
+            value = values[0] if len(values) == 1 else torch.cat(values, 0)
+            for sub_row, v in _rows(row, value, fld.truth.shape, meta, reduces):
                 out.append((sub_row, label, v, window))
     return out
 
 
-def _rows(row: str, value: torch.Tensor, shape: torch.Size, window: bool, reduces: bool):
-    """Check a metric's output shape, reduce samples and split vector outputs into rows."""
+def _rows(row: str, value: torch.Tensor, shape: torch.Size, meta: dict[str, Any], reduces: bool):
+    """Check a metric's output shape, reduce samples and split vector outputs into rows.
+
+    A trailing extra dim becomes one row per entry, named by the registered ``outputs``
+    (``frmse_low``...) or numbered (``rank_histogram_0``...).
+    """
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value)
-    expected = tuple(shape[: 1 if window else 2])
+    expected = tuple(shape[: 1 if meta.get("window") else 2])
     if reduces:
         expected = expected[1:]
     if tuple(value.shape) == expected:
         parts = [(row, value)]
     elif tuple(value.shape[:-1]) == expected:
-        parts = [(f"{row}_{i}", value[..., i]) for i in range(value.shape[-1])]
+        names = meta.get("outputs") or range(value.shape[-1])
+        parts = [(f"{row}_{n}", value[..., i]) for i, n in enumerate(names)]
     else:
         raise ValueError(
             f"metric {row!r} returned shape {tuple(value.shape)}; expected {expected} "
@@ -558,6 +590,7 @@ def score(
     weights: xr.DataArray | None = None,
     mask: xr.DataArray | xr.Dataset | None = None,
     climatology: xr.Dataset | xr.DataArray | None = None,
+    chunk: int | None = 32,
 ) -> xr.Dataset:
     """Score a forecast against the truth with a suite of metrics.
 
@@ -582,6 +615,9 @@ def score(
         per variable). NaN points of the truth are always masked.
     climatology : xr.Dataset or xr.DataArray, optional
         For the ACC; broadcastable to the truth.
+    chunk : int, optional
+        Samples per evaluation of the metrics that score each sample on its own (all at
+        once when None). Results do not depend on it.
 
     Returns
     -------
@@ -604,7 +640,7 @@ def score(
     metas: dict[str, dict[str, Any]] = {}
     for item in items:
         try:
-            rows = _evaluate(item, data)
+            rows = _evaluate(item, data, chunk)
         except _Unavailable as err:
             if strict:
                 raise ValueError(str(err)) from None

@@ -32,7 +32,8 @@ Tensor = torch.Tensor
 #: PDEBench's fRMSE bands over the radial index k: low k < 4, mid 4 <= k < 12, high k >= 12.
 FRMSE_BANDS = {"low": (0, 4), "mid": (4, 12), "high": (12, None)}
 _BAND_VARIANTS = {name: {"band": name} for name in FRMSE_BANDS}
-_BIN_VARIANTS = {name: {"bin": i} for i, name in enumerate(("low", "mid", "high"))}
+_BIN_NAMES = ("low", "mid", "high")
+_BIN_VARIANTS = {name: {"bin": i} for i, name in enumerate(_BIN_NAMES)}
 
 
 def _integer_wavenumbers(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -116,6 +117,7 @@ def _pdebench_shells(h: int, w: int, device: torch.device) -> tuple[Tensor, int]
     weighted=False,
     reduces_samples=True,
     variants=_BAND_VARIANTS,
+    outputs=tuple(FRMSE_BANDS),
 )
 def frmse(
     pred: Tensor,
@@ -163,7 +165,7 @@ def frmse(
     p, t, _ = prepare(pred, target, weights, mask, name="frmse", weighted=False)
     h, w = p.shape[-2:]
     shell, n = _pdebench_shells(h, w, p.device)
-    err = (torch.fft.fft2(p) - torch.fft.fft2(t)).abs() ** 2
+    err = torch.fft.fft2(p - t).abs() ** 2  # = |FFT(p) - FFT(t)|^2, one FFT
     per_shell = _bin_sum(err, shell, n)
     if sample_dim is not None:
         d = sample_dim + p.ndim if sample_dim < 0 else sample_dim
@@ -206,7 +208,12 @@ def _binned_power(x: Tensor, bins: Tensor) -> Tensor:
 
 
 @METRICS.register(
-    "spectral_mse", kind="spectral", higher_is_better=False, weighted=False, variants=_BIN_VARIANTS
+    "spectral_mse",
+    kind="spectral",
+    higher_is_better=False,
+    weighted=False,
+    variants=_BIN_VARIANTS,
+    outputs=_BIN_NAMES,
 )
 def spectral_mse(
     pred: Tensor,
@@ -252,7 +259,12 @@ def _pick_bin(out: Tensor, bin: int | None, name: str) -> Tensor:
 
 
 @METRICS.register(
-    "spectral_nmse", kind="spectral", higher_is_better=False, weighted=False, variants=_BIN_VARIANTS
+    "spectral_nmse",
+    kind="spectral",
+    higher_is_better=False,
+    weighted=False,
+    variants=_BIN_VARIANTS,
+    outputs=_BIN_NAMES,
 )
 def spectral_nmse(
     pred: Tensor,

@@ -182,8 +182,10 @@ def test_user_suites():
         M.score(fc, truth, ["rmse", "rmse"])
     with pytest.raises(ValueError, match="one of \\['u'"):
         M.score(fc, truth, ["divergence"])
-    with pytest.raises(ValueError, match="needs 'kappa'"):
+    with pytest.raises(ValueError, match="needs 'kappa'.*diffusivity"):
         M.score(fc, truth, ["advection_diffusion_residual"])
+    with pytest.raises(ValueError, match="needs 'climatology': pass climatology="):
+        M.score(fc, truth, ["acc"])
 
 
 def test_default_suite_skips_what_the_data_cannot_feed():
@@ -211,6 +213,9 @@ def test_nan_in_the_truth_and_masks_are_left_out():
     np.testing.assert_allclose(card["score"].sel(metric="rmse", variable="vorticity"), expected)
     explicit = M.score(fc, truth, ["rmse"], mask=land)
     np.testing.assert_allclose(explicit["score"].sel(metric="rmse", variable="vorticity"), expected)
+    # weights over (y, x) as a DataArray: here zero over the "land" rows
+    weighted = M.score(fc, truth, ["rmse"], weights=land.astype(float))
+    np.testing.assert_allclose(weighted["score"].sel(metric="rmse", variable="vorticity"), expected)
     stored = truth.assign(valid_mask=land.expand_dims(variable=["vorticity"]))
     from_stored = M.score(fc, stored, ["rmse"])
     np.testing.assert_allclose(
