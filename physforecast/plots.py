@@ -59,7 +59,8 @@ def plot_forecast_panel(
     sample : int
         Which sample (window) to show.
     leads : list of int, optional
-        Lead-time positions to show; first, middle and last by default.
+        Lead-time positions to show; by default the first, middle and last of those the
+        truth covers (a rollout may run past the end of the truth, which is NaN there).
     lead_times : list of int, optional
         Lead times to show, as values of the ``lead_time`` coordinate (instead of ``leads``).
 
@@ -70,10 +71,15 @@ def plot_forecast_panel(
     """
     variable = variable or _first_field(forecast)
     f, t = _one_sample(forecast[variable], sample), _one_sample(truth[variable], sample)
+    f, t = f.compute(), t.compute()
     n = f.sizes["lead_time"]
     if lead_times is not None:
         leads = _lead_positions(forecast, lead_times)
-    leads = leads or sorted({0, n // 2, n - 1})
+    if not leads:
+        # first, middle and last of the leads the truth covers (a rollout may outrun it)
+        have = np.flatnonzero(np.isfinite(t.values).reshape(n, -1).any(1))
+        have = have if have.size else np.arange(n)
+        leads = sorted({int(have[0]), int(have[len(have) // 2]), int(have[-1])})
     fig, axes = plt.subplots(3, len(leads), figsize=(3.2 * len(leads), 8.4), squeeze=False)
     vmin, vmax = float(np.nanmin(t.values)), float(np.nanmax(t.values))
     err = (f - t).values

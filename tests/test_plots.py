@@ -62,6 +62,11 @@ def test_forecast_panel_picks_lead_times_and_handles_init_time():
     err = fig.axes[5].get_images()[0].get_array()
     np.testing.assert_allclose(err, forecast["w"].values[0, 3] - truth["w"].values[0, 3])
     plt.close(fig)
+    # by default: first, middle and last of the leads the truth covers
+    truth["w"][:, 2:] = np.nan
+    fig = plot_forecast_panel(forecast, truth)
+    assert [a.get_title() for a in fig.axes[:2]] == ["truth, lead 1", "truth, lead 2"]
+    plt.close(fig)
     with pytest.raises(ValueError, match=r"lead times \[7\] not in the forecast"):
         plot_forecast_panel(forecast, truth, lead_times=[7])
 
