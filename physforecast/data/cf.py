@@ -385,14 +385,15 @@ def attach_valid_mask(
     variables: Iterable[str] | None = None,
     *,
     first_only: bool = True,
-    fill_value: float = 0.0,
+    fill_value: float | None = None,
     source: str = "dataset",
 ) -> xr.Dataset:
-    """Store a validity mask and fill the missing values, if there are any.
+    """Store a validity mask, if anything is missing; optionally fill the missing values.
 
-    Losses multiply by the mask, and ``NaN * 0`` is still NaN, so the missing values
-    themselves are replaced by ``fill_value`` (lazily). Datasets without NaN are
-    returned unchanged.
+    By default the NaN stay: the normalizer skips them, forecast windows turn them into
+    their ``mask`` and then into zeros, and the scorecard combines them with the stored
+    mask. Pass ``fill_value`` to replace them (lazily) for consumers that need finite
+    data (``NaN * 0`` is still NaN). Datasets without NaN are returned unchanged.
 
     Parameters
     ----------
@@ -401,16 +402,16 @@ def attach_valid_mask(
         Variables to mask (all data variables with spatial dims when omitted).
     first_only : bool
         Decide the mask from the first frame (see :func:`valid_mask`).
-    fill_value : float
-        What replaces NaN.
+    fill_value : float, optional
+        What replaces NaN; None keeps them.
     source : str
         How to name the data in error messages.
 
     Returns
     -------
     xr.Dataset
-        With data variable ``valid_mask`` (variable, *spatial), attribute
-        ``mask_variable="valid_mask"``, and no NaN left in the masked variables.
+        With data variable ``valid_mask`` (variable, *spatial) and attribute
+        ``mask_variable="valid_mask"``.
 
     Raises
     ------
@@ -425,7 +426,7 @@ def attach_valid_mask(
     if bool(mask.all()):
         return ds
     out = ds.copy()
-    for name in variables:
+    for name in variables if fill_value is not None else ():
         if np.issubdtype(out[name].dtype, np.floating):
             attrs = out[name].attrs
             out[name] = out[name].fillna(fill_value)
@@ -437,7 +438,11 @@ def attach_valid_mask(
 
 
 def validate_fields(
-    ds: xr.Dataset, *, mask: str = "first", fill_value: float = 0.0, source: str = "dataset"
+    ds: xr.Dataset,
+    *,
+    mask: str = "first",
+    fill_value: float | None = None,
+    source: str = "dataset",
 ) -> xr.Dataset:
     """The readers' last step: refuse all-NaN fields, then store a validity mask if needed.
 
@@ -446,8 +451,8 @@ def validate_fields(
     ds : xr.Dataset
     mask : {"first", "full", "none"}
         Build the mask from the first frame, from all frames, or not at all.
-    fill_value : float
-        Replaces NaN where a mask is built.
+    fill_value : float, optional
+        Replaces NaN where a mask is built; None keeps them.
     source : str
         How to name the data in error messages.
     """

@@ -155,7 +155,7 @@ def open_cf(
     rename: dict[str, str] | None = None,
     extra_dims: Iterable[str] = (),
     mask: str = "first",
-    fill_value: float = 0.0,
+    fill_value: float | None = None,
     decode_times: bool = True,
 ) -> xr.Dataset:
     """Open a CF netCDF file or zarr store lazily, with canonical dims.
@@ -175,9 +175,10 @@ def open_cf(
         Non-canonical dims to accept as they are.
     mask : {"first", "full", "none"}
         Turn NaN into a ``valid_mask`` variable (decided from the first frame, or from
-        all frames), filling them with ``fill_value``; or leave them.
-    fill_value : float
-        Replaces NaN when a mask is made.
+        all frames), or do not.
+    fill_value : float, optional
+        Replaces NaN when a mask is made; by default they stay (windows, normalizer and
+        scorecard handle them).
     decode_times : bool
         Decode CF time units into datetimes.
 
@@ -213,6 +214,11 @@ def open_cf(
         chunks = {d: 1 for d in ("trajectory", "sample", "time") if d in ds.dims}
     if chunks is not None or not is_zarr:
         ds = ds.chunk(chunks or {})
+    # This view (renamed dims, mask) differs from the raw file, so nobody should reopen
+    # the raw file by its path in its place: drop the source. The dataset still pickles
+    # lazily (each process reopens the file through xarray's file manager).
+    ds.encoding.pop("source", None)
+    ds.attrs.setdefault("source_file", source)
     return validate_fields(ds, mask=mask, fill_value=fill_value, source=source)
 
 
@@ -287,7 +293,10 @@ def open_weatherbench(
         if "valid_mask" in ds:
             ds = ds.drop_vars("valid_mask")
             ds = validate_fields(
-                ds, mask=cf_options.get("mask", "first"), fill_value=0.0, source=source
+                ds,
+                mask=cf_options.get("mask", "first"),
+                fill_value=cf_options.get("fill_value"),
+                source=source,
             )
     ds.attrs.setdefault("grid", "latitude-longitude")
     return ds

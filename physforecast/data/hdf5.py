@@ -269,7 +269,7 @@ def open_pdebench(
         **_grid_attrs(ds),
     }
     check_time_monotonic(ds, source=source)
-    return validate_fields(ds, mask=mask, fill_value=0.0, source=source)
+    return validate_fields(ds, mask=mask, source=source)
 
 
 def _as_list(v: Any) -> list[str]:
@@ -429,7 +429,7 @@ def open_the_well(
         **_grid_attrs(ds),
     }
     check_time_monotonic(ds, source=source)
-    return validate_fields(ds, mask=mask, fill_value=0.0, source=source)
+    return validate_fields(ds, mask=mask, source=source)
 
 
 def _component_names(space: Sequence[str], order: int) -> list[tuple[str, ...]]:

@@ -108,7 +108,9 @@ def test_valid_mask_first_frame_and_all_frames():
 
 def test_attach_valid_mask_fills_and_stays_lazy():
     ds, a = _sst(lazy=True)
-    out = attach_valid_mask(ds, first_only=True)
+    kept = attach_valid_mask(ds, first_only=True)
+    np.testing.assert_array_equal(kept.sst.values, a)  # NaN kept by default
+    out = attach_valid_mask(ds, first_only=True, fill_value=0.0)
     assert isinstance(out.sst.data, dsa.Array)  # still lazy
     values = out.sst.values
     assert not np.isnan(values).any()

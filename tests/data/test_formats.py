@@ -64,11 +64,14 @@ def test_land_nan_becomes_a_mask(tmp_path):
     mask = ds.valid_mask.sel(variable="sst").values  # (latitude, longitude)
     expected = np.isfinite(sst[0, ::-1])
     np.testing.assert_array_equal(mask, expected)
-    values = ds.sst.values
+    assert ds.attrs["mask_variable"] == "valid_mask"
+    np.testing.assert_array_equal(ds.sst.values, sst[:, ::-1])  # NaN kept by default
+    filled = open_any(path, fill_value=0.0)
+    values = filled.sst.values
     assert not np.isnan(values).any()
     assert np.all(values[:, ~expected] == 0)
     np.testing.assert_array_equal(values[:, expected], sst[:, ::-1][:, expected])
-    assert ds.attrs["mask_variable"] == "valid_mask"
+    assert "valid_mask" not in open_any(path, mask="none")
 
 
 def _weatherbench_zarr(tmp_path, zarr_format=2):
