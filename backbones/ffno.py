@@ -58,16 +58,19 @@ class FactorizedSpectralConv2d(nn.Module):
         return torch.randn(channels, channels, modes, 2) * std
 
     def _filter_axis(self, z: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
-        n = z.shape[dim]
-        spec = torch.fft.rfft(z, dim=dim)  # (B, D, H, W//2+1) or (B, D, H//2+1, W)
-        m = min(weight.shape[2], spec.shape[dim])
-        w = torch.view_as_complex(weight[:, :, :m].contiguous())  # (D_in, D_out, m)
-        if dim == -1:
-            out = torch.einsum("biym,iom->boym", spec[..., :m], w)
-        else:
-            out = torch.einsum("bimx,iom->bomx", spec[:, :, :m], w)
+        """Filter (B, D, H, W) along ``dim`` (-1: x, -2: y) with ``weight`` (D, D, m, 2)."""
+        line = z if dim == -1 else z.transpose(-1, -2)  # filtered axis last: (B, D, L, n)
+        n = line.shape[-1]
+        spec = torch.fft.rfft(line, dim=-1)  # (B, D, L, n // 2 + 1)
+        b, d, length, n_freq = spec.shape
+        m = min(weight.shape[2], n_freq)
+        # one (B*L, D_in) @ (D_in, D_out) product per kept mode
+        s = spec[..., :m].permute(3, 0, 2, 1).reshape(m, b * length, d)
+        w = torch.view_as_complex(weight[:, :, :m].permute(2, 0, 1, 3).contiguous())
+        out = torch.bmm(s, w).reshape(m, b, length, -1).permute(1, 3, 2, 0)  # (B, D, L, m)
         # irfft zero-pads the truncated spectrum back to n // 2 + 1 modes
-        return torch.fft.irfft(out, n=n, dim=dim)
+        out = torch.fft.irfft(out, n=n, dim=-1)
+        return out if dim == -1 else out.transpose(-1, -2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) -> (B, D, H, W)."""

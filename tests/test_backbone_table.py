@@ -98,3 +98,21 @@ def test_format_aligns_columns_and_uses_readable_units():
     # columns start at the same offsets on every line
     assert lines[2].index("1.50k") == lines[0].index("params")
     assert lines[3].index("n/a") == lines[0].index("FLOPs/sample")
+
+
+def test_quick_benchmark_reports_every_backbone_and_exact_adapters():
+    from physforecast.bench.backbones import ADAPTED, run
+
+    report = run(quick=True)
+    rows = {
+        line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")
+    }
+    for name in pf.list_backbones():
+        assert name in rows
+    adapter_rows = [line for line in report.splitlines() if "neuralop.models" in line]
+    assert len(adapter_rows) == len(ADAPTED)
+    for line in adapter_rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[-1]) < 1e-5  # same forecast as the raw neuraloperator model
+        assert cells[-2].endswith("%")
+    assert "physforecast bench backbones" in report and "Machine:" in report
