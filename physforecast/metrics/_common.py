@@ -1,5 +1,5 @@
 """Shared plumbing of the metrics: input checks, masks and weights, weighted spatial means,
-derivatives and wavenumber grids.
+finite differences.
 
 Conventions (all public metrics follow them):
 
@@ -27,6 +27,8 @@ __all__ = [
     "time_derivative",
     "fd_derivative",
     "reshape_param",
+    "leading_dim",
+    "zero_invalid",
 ]
 
 _SPATIAL = (-2, -1)
@@ -88,10 +90,11 @@ def _fold(
     return mask, w
 
 
-def _zero_invalid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def zero_invalid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x`` with zeros where ``mask`` (broadcastable, True = valid) is False."""
     if mask is None:
         return x
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(mask.to(x.device), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def prepare(
@@ -139,7 +142,7 @@ def prepare(
     dtype = torch.promote_types(pred.dtype, target.dtype)
     pred, target = pred.to(dtype), target.to(dtype)
     pred, w = prepare_field(pred, weights, mask, name=name, weighted=weighted, min_ndim=min_ndim)
-    target = _zero_invalid(target, None if mask is None else mask.to(pred.device))
+    target = zero_invalid(target, mask)
     return pred, target, w
 
 
@@ -157,7 +160,7 @@ def prepare_field(
     if x.ndim < min_ndim:
         raise ValueError(f"{name}: expected at least {min_ndim} dims, got shape {tuple(x.shape)}")
     mask, w = _fold(weights, mask, x, name, weighted)
-    return _zero_invalid(x, mask), w
+    return zero_invalid(x, mask), w
 
 
 def spatial_sum(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
@@ -178,6 +181,15 @@ def spatial_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     if w is None:
         return x.mean(_SPATIAL)
     return spatial_sum(x, w) / weight_sum(x, w)
+
+
+def leading_dim(dim: int, ndim: int, name: str) -> int:
+    """Index of ``dim`` among the leading (non-spatial) dims of an ``ndim``-d (..., H, W)
+    tensor; the same index addresses the result once space is reduced."""
+    d = dim + ndim if dim < 0 else dim
+    if not 0 <= d < ndim - 2:
+        raise ValueError(f"{name}: sample_dim {dim} is not a leading dim of a {ndim}-d field")
+    return d
 
 
 def reshape_param(

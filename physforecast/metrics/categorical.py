@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from physforecast.registry import METRICS
 
-from ._common import prepare, spatial_sum
+from ._common import leading_dim, prepare, spatial_sum
 
 __all__ = [
     "SEVIR_THRESHOLDS",
@@ -86,9 +86,7 @@ def contingency(
         spatial_sum((~fc & ~ob).to(p.dtype), w),
     ]
     if sample_dim is not None:
-        d = sample_dim + p.ndim if sample_dim < 0 else sample_dim
-        if not 0 <= d < p.ndim - 2:
-            raise ValueError(f"contingency: sample_dim {sample_dim} is not a leading dim")
+        d = leading_dim(sample_dim, p.ndim, "contingency")
         counts = [c.sum(d) for c in counts]
     return Contingency(*counts)
 
@@ -252,6 +250,6 @@ def fss(
     num = spatial_sum((fp - ft) ** 2, w)
     den = spatial_sum(fp**2, w) + spatial_sum(ft**2, w)
     if sample_dim is not None:
-        d = sample_dim + p.ndim if sample_dim < 0 else sample_dim
+        d = leading_dim(sample_dim, p.ndim, "fss")
         num, den = num.sum(d), den.sum(d)
     return 1 - num / den

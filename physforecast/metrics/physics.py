@@ -21,6 +21,7 @@ from physforecast.registry import METRICS
 from ._common import (
     as_float,
     fd_derivative,
+    leading_dim,
     prepare,
     prepare_field,
     spatial_mean,
@@ -95,9 +96,7 @@ def _velocity(x: Tensor, name: str) -> tuple[Tensor, Tensor]:
 
 def _component_mask(mask: Tensor | None, shape: torch.Size, dims: tuple[int, ...]) -> Tensor | None:
     """A point is valid when it is valid in every component/frame along ``dims``."""
-    if mask is None:
-        return None
-    return torch.broadcast_to(mask, shape).all(dim=dims) if dims else mask
+    return None if mask is None else torch.broadcast_to(mask, shape).all(dim=dims)
 
 
 @METRICS.register(
@@ -325,7 +324,7 @@ def crmse(
     err = spatial_sum(p - t, w) / weight_sum(p, w)
     if sample_dim is None:
         return err.abs()
-    return torch.sqrt((err**2).mean(sample_dim if sample_dim >= 0 else sample_dim + 2))
+    return torch.sqrt((err**2).mean(leading_dim(sample_dim, p.ndim, "crmse")))
 
 
 @METRICS.register("brmse", kind="physics", higher_is_better=False, weighted=False)

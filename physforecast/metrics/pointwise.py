@@ -13,7 +13,7 @@ import torch
 
 from physforecast.registry import METRICS
 
-from ._common import prepare, spatial_mean, spatial_sum, weight_sum
+from ._common import leading_dim, prepare, spatial_mean, spatial_sum, weight_sum
 
 __all__ = [
     "mse",
@@ -170,16 +170,8 @@ def max_error(
     if w is not None:
         out = torch.where(weight_sum(err, w) > 0, out, torch.full_like(out, float("nan")))
     if sample_dim is not None:
-        out = out.amax(_leading_dim(sample_dim, out.ndim + 2))
+        out = out.amax(leading_dim(sample_dim, p.ndim, "max_error"))
     return out
-
-
-def _leading_dim(dim: int, ndim: int) -> int:
-    """A dim index of a (..., H, W) tensor counted among its leading dims only."""
-    d = dim + ndim if dim < 0 else dim
-    if not 0 <= d < ndim - 2:
-        raise ValueError(f"sample_dim {dim} is not a leading dim of a {ndim}-d tensor")
-    return d
 
 
 def _frame_range(t: Tensor, mask: Tensor | None) -> Tensor:

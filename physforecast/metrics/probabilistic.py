@@ -10,7 +10,7 @@ import torch
 
 from physforecast.registry import METRICS
 
-from ._common import as_float, prepare_field, spatial_mean
+from ._common import as_float, leading_dim, prepare_field, spatial_mean, zero_invalid
 
 __all__ = ["crps", "spread_skill_ratio", "rank_histogram"]
 
@@ -37,12 +37,6 @@ def _members(pred: Tensor, target: Tensor, member_dim: int, name: str) -> Tensor
             f"target has {tuple(target.shape)}"
         )
     return x
-
-
-def _fill(x: Tensor, mask: Tensor | None) -> Tensor:
-    if mask is None:
-        return x
-    return torch.where(mask.to(x.device), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 @METRICS.register("crps", kind="probabilistic", higher_is_better=False, ensemble=True)
@@ -91,7 +85,7 @@ def crps(
     rank = torch.arange(1, m + 1, dtype=y.dtype, device=y.device).reshape(m, *([1] * y.ndim))
     pair_sum = 2 * ((2 * rank - m - 1) * xs).sum(0)
     spread = pair_sum / (2 * m * (m - 1) if fair else 2 * m * m)
-    return spatial_mean(_fill(skill - spread, mask), w)
+    return spatial_mean(zero_invalid(skill - spread, mask), w)
 
 
 @METRICS.register(
@@ -125,12 +119,10 @@ def spread_skill_ratio(
     x = _members(pred, y, member_dim, "spread_skill_ratio").to(y.dtype)
     if x.shape[0] < 2:
         raise ValueError("spread_skill_ratio needs at least 2 members")
-    spread = spatial_mean(_fill(x.var(0, correction=1), mask), w)
-    skill = spatial_mean(_fill((x.mean(0) - y) ** 2, mask), w)
+    spread = spatial_mean(zero_invalid(x.var(0, correction=1), mask), w)
+    skill = spatial_mean(zero_invalid((x.mean(0) - y) ** 2, mask), w)
     if sample_dim is not None:
-        d = sample_dim % y.ndim
-        if d >= y.ndim - 2:
-            raise ValueError(f"spread_skill_ratio: sample_dim {sample_dim} is not a leading dim")
+        d = leading_dim(sample_dim, y.ndim, "spread_skill_ratio")
         spread, skill = spread.mean(d), skill.mean(d)
     return torch.sqrt(spread) / torch.sqrt(skill)
 

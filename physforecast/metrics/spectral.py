@@ -16,7 +16,7 @@ import torch
 
 from physforecast.registry import METRICS
 
-from ._common import as_float, check_mask, prepare
+from ._common import as_float, check_mask, leading_dim, prepare
 
 __all__ = [
     "power_spectrum",
@@ -168,10 +168,7 @@ def frmse(
     err = torch.fft.fft2(p - t).abs() ** 2  # = |FFT(p) - FFT(t)|^2, one FFT
     per_shell = _bin_sum(err, shell, n)
     if sample_dim is not None:
-        d = sample_dim + p.ndim if sample_dim < 0 else sample_dim
-        if not 0 <= d < p.ndim - 2:
-            raise ValueError(f"frmse: sample_dim {sample_dim} is not a leading dim")
-        per_shell = per_shell.mean(d)
+        per_shell = per_shell.mean(leading_dim(sample_dim, p.ndim, "frmse"))
     lx = 1.0 if dx is None else w * float(dx)
     ly = 1.0 if dy is None else h * float(dy)
     per_shell = torch.sqrt(per_shell) / (h * w) * lx * ly

@@ -11,7 +11,7 @@ import torch
 
 from physforecast.registry import METRICS
 
-from ._common import prepare, spatial_mean
+from ._common import leading_dim, prepare, spatial_mean, zero_invalid
 
 __all__ = ["latitude_weights", "lat_rmse", "acc"]
 
@@ -94,10 +94,7 @@ def lat_rmse(
     p, t, w = prepare(pred, target, weights, mask, name="lat_rmse")
     err = spatial_mean((p - t) ** 2, w)
     if sample_dim is not None:
-        d = sample_dim + p.ndim if sample_dim < 0 else sample_dim
-        if not 0 <= d < p.ndim - 2:
-            raise ValueError(f"lat_rmse: sample_dim {sample_dim} is not a leading dim")
-        err = err.mean(d)
+        err = err.mean(leading_dim(sample_dim, p.ndim, "lat_rmse"))
     return torch.sqrt(err)
 
 
@@ -138,9 +135,7 @@ def acc(
         raise ValueError(
             f"acc: climatology of shape {tuple(clim.shape)} does not broadcast to {tuple(p.shape)}"
         ) from None
-    fa = p - clim
-    oa = t - clim
-    if mask is not None:  # the climatology may hold NaN where the data are invalid
-        fa = torch.where(mask, fa, torch.zeros((), dtype=p.dtype))
-        oa = torch.where(mask, oa, torch.zeros((), dtype=p.dtype))
+    # the climatology may hold NaN where the data are invalid
+    fa = zero_invalid(p - clim, mask)
+    oa = zero_invalid(t - clim, mask)
     return spatial_mean(fa * oa, w) / torch.sqrt(spatial_mean(fa**2, w) * spatial_mean(oa**2, w))
