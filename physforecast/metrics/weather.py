@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from physforecast.data.cf import latitude_weights as _area_weights
 from physforecast.registry import METRICS
 
 from ._common import leading_dim, prepare, spatial_mean, zero_invalid
@@ -22,35 +23,22 @@ def latitude_weights(latitude: Tensor | np.ndarray) -> Tensor:
     """Area weights of latitude rows, normalised to mean 1 (WeatherBench 2).
 
     Cell bounds are the midpoints between neighbouring latitudes, closed by the poles
-    (+-90 degrees); the weight of a row is ``sin(upper) - sin(lower)``.
+    (+-90 degrees); the weight of a row is ``sin(upper) - sin(lower)``. This is
+    :func:`physforecast.data.cf.latitude_weights` with ``method="area"``, shaped to
+    broadcast against fields.
 
     Parameters
     ----------
     latitude : array of float
-        Latitudes in degrees, shape (H,), strictly monotonic (either direction).
+        Latitudes in degrees, shape (H,), in any order.
 
     Returns
     -------
     torch.Tensor
         Float64 weights of shape (H, 1), to broadcast against (..., H, W).
     """
-    lat = torch.from_numpy(np.array(latitude, dtype=np.float64, order="C"))
-    if lat.ndim != 1 or lat.numel() < 2:
-        raise ValueError(
-            f"latitude must be 1-d with at least 2 values, got shape {tuple(lat.shape)}"
-        )
-    if bool((lat.abs() > 90).any()):
-        raise ValueError("latitude must be in degrees within [-90, 90]")
-    diffs = lat.diff()
-    if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
-        raise ValueError("latitude must be strictly increasing or strictly decreasing")
-    flip = bool(diffs[0] < 0)
-    rad = torch.deg2rad(lat.flip(0) if flip else lat)
-    half_pi = torch.tensor([np.pi / 2], dtype=torch.float64)
-    bounds = torch.cat([-half_pi, (rad[:-1] + rad[1:]) / 2, half_pi])
-    area = torch.sin(bounds[1:]) - torch.sin(bounds[:-1])
-    area = area / area.mean()
-    return (area.flip(0) if flip else area)[:, None]
+    lat = np.asarray(latitude, dtype=np.float64)
+    return torch.from_numpy(_area_weights(lat, method="area"))[:, None]
 
 
 @METRICS.register("lat_rmse", kind="weather", higher_is_better=False, reduces_samples=True)
