@@ -46,8 +46,12 @@ def conv3x3(
     groups: int = 1,
     kernel_size: int = 3,
     padding_mode: str = "zeros",
+    bias: bool = True,
 ) -> nn.Conv2d:
-    """A 'same'-padded convolution (odd ``kernel_size``); ``stride=2`` halves ``H, W``."""
+    """A 'same'-padded convolution (odd ``kernel_size``); ``stride=2`` halves ``H, W``.
+
+    Use ``bias=False`` when a normalization follows (it would cancel the bias).
+    """
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd for 'same' padding; got {kernel_size}")
     return nn.Conv2d(
@@ -59,6 +63,7 @@ def conv3x3(
         dilation=dilation,
         groups=groups,
         padding_mode=check_padding_mode(padding_mode),
+        bias=bias,
     )
 
 
@@ -97,7 +102,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1 = group_norm(in_channels)
         self.conv1 = conv3x3(
-            in_channels, out_channels, dilation=dilation, padding_mode=padding_mode
+            in_channels, out_channels, dilation=dilation, padding_mode=padding_mode, bias=False
         )
         self.norm2 = group_norm(out_channels)
         self.film = FiLM(cond_dim, out_channels) if cond_dim else None

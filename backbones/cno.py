@@ -40,9 +40,10 @@ RESAMPLE_MODES = ("bicubic", "fft")
 def fourier_resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Band-limited resampling of periodic fields by spectral truncation / zero padding.
 
-    Keeps the Fourier modes ``|k_y| <= (m_y - 1) // 2``, ``|k_x| <= (m_x - 1) // 2`` with
-    ``m = min(input size, output size)`` per axis (the Nyquist mode of an even grid is
-    dropped, so the result is real and symmetric), in fp32.
+    Per axis, the Fourier modes representable on both grids are kept and all others are
+    dropped (an ideal low-pass at the smaller grid's Nyquist frequency). The Nyquist mode
+    of an even grid is split over ``+-k`` when upsampling and folded from ``+-k`` when
+    downsampling, so samples are reproduced exactly and down(up(x)) == x. Runs in fp32.
 
     Parameters
     ----------
@@ -56,18 +57,24 @@ def fourier_resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     Tensor
         (..., H', W'), same dtype as ``x``.
     """
-    h, w = x.shape[-2:]
-    h2, w2 = size
-    if (h, w) == (h2, w2):
+    y = _fourier_resample_1d(x.float(), int(size[1]), dim=-1)
+    return _fourier_resample_1d(y, int(size[0]), dim=-2).to(x.dtype)
+
+
+def _fourier_resample_1d(x: torch.Tensor, n_out: int, dim: int) -> torch.Tensor:
+    """Resample the real periodic signal ``x`` along ``dim`` onto ``n_out`` points."""
+    n = x.shape[dim]
+    if n == n_out:
         return x
-    spec = torch.fft.rfft2(x.float(), norm="forward")
-    ny = (min(h, h2) - 1) // 2  # highest kept |k_y|
-    nx = (min(w, w2) - 1) // 2 + 1  # kept k_x = 0..nx-1
-    out = spec.new_zeros(*spec.shape[:-2], h2, w2 // 2 + 1)
-    out[..., : ny + 1, :nx] = spec[..., : ny + 1, :nx]
-    if ny > 0:
-        out[..., h2 - ny :, :nx] = spec[..., h - ny :, :nx]
-    return torch.fft.irfft2(out, s=(h2, w2), norm="forward").to(x.dtype)
+    spec = torch.fft.rfft(x.movedim(dim, -1), norm="forward")
+    out = spec.new_zeros(*spec.shape[:-1], n_out // 2 + 1)
+    m = min(n, n_out)
+    keep = (m + 1) // 2  # modes below the Nyquist frequency of the smaller grid
+    out[..., :keep] = spec[..., :keep]
+    if m % 2 == 0:  # the smaller grid's Nyquist mode
+        nyq = spec[..., m // 2]
+        out[..., m // 2] = 2 * nyq.real if n_out < n else nyq / 2
+    return torch.fft.irfft(out, n=n_out, norm="forward").movedim(-1, dim)
 
 
 def resample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -109,7 +116,7 @@ class CNOBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, scale: float, mode: str, padding_mode: str):
         super().__init__()
-        self.conv = conv3x3(c_in, c_out, padding_mode=padding_mode)
+        self.conv = conv3x3(c_in, c_out, padding_mode=padding_mode, bias=False)
         self.norm = group_norm(c_out)
         self.act = FilteredLReLU(mode)
         self.scale = scale
@@ -126,11 +133,11 @@ class CNOResBlock(nn.Module):
 
     def __init__(self, channels: int, cond_dim: int, mode: str, padding_mode: str) -> None:
         super().__init__()
-        self.conv1 = conv3x3(channels, channels, padding_mode=padding_mode)
+        self.conv1 = conv3x3(channels, channels, padding_mode=padding_mode, bias=False)
         self.norm1 = group_norm(channels)
         self.film = FiLM(cond_dim, channels) if cond_dim else None
         self.act = FilteredLReLU(mode)
-        self.conv2 = conv3x3(channels, channels, padding_mode=padding_mode)
+        self.conv2 = conv3x3(channels, channels, padding_mode=padding_mode, bias=False)
         self.norm2 = group_norm(channels)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,7 +183,7 @@ class CNOBackbone(Backbone):
         levels: int = 2,
         channel_mult: int = 2,
         n_res: int = 1,
-        n_res_neck: int = 2,
+        n_res_neck: int = 1,
         resample: str = "bicubic",
         padding_mode: str = "zeros",
     ) -> None:

@@ -42,11 +42,11 @@ class ConvSC(nn.Module):
         super().__init__()
         if resample > 0:
             self.conv = nn.Sequential(
-                conv3x3(c_in, 4 * c_out, padding_mode=padding_mode), nn.PixelShuffle(2)
+                conv3x3(c_in, 4 * c_out, padding_mode=padding_mode, bias=False), nn.PixelShuffle(2)
             )
         else:
             stride = 2 if resample < 0 else 1
-            self.conv = conv3x3(c_in, c_out, stride=stride, padding_mode=padding_mode)
+            self.conv = conv3x3(c_in, c_out, stride=stride, padding_mode=padding_mode, bias=False)
         self.norm = nn.GroupNorm(math.gcd(2, c_out), c_out)
         self.act = nn.SiLU()
 
@@ -67,7 +67,7 @@ class Inception(nn.Module):
         self.reduce = nn.Conv2d(c_in, c_hid, kernel_size=1)
         self.branches = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(c_hid, c_out, k, padding=k // 2, groups=g),
+                nn.Conv2d(c_hid, c_out, k, padding=k // 2, groups=g, bias=False),
                 nn.GroupNorm(g, c_out),
                 nn.LeakyReLU(0.2),
             )
@@ -260,7 +260,7 @@ class SimVPBackbone(Backbone):
             raise ValueError(f"translator must be one of {TRANSLATORS}; got {translator!r}")
         if N_S < 1 or N_T < 1:
             raise ValueError(f"N_S and N_T must be >= 1; got N_S={N_S}, N_T={N_T}")
-        self.hid_S, self.translator_name = hid_S, translator
+        self.hid_S = hid_S
         self.factor = 2 ** (N_S // 2)
         # resampling pattern as in SimVP: layers 1, 3, 5, ... halve; decoder mirrors it
         down = [-(i % 2) for i in range(N_S)]

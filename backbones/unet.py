@@ -20,6 +20,7 @@ encoder); other sizes raise a ``ValueError`` naming the allowed sizes.
 
 from __future__ import annotations
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,8 +150,6 @@ class UNetBackbone(Backbone):
 
 def _timm_features(name: str, in_chans: int, depth: int) -> nn.Module:
     """A timm feature pyramid with random weights (``pretrained=False``: no download)."""
-    import timm
-
     if depth < 1:
         raise ValueError(f"encoder_depth must be >= 1; got {depth}")
     return timm.create_model(
