@@ -112,7 +112,8 @@ class FilteredLReLU(nn.Module):
 
 class CNOBlock(nn.Module):
     """Conv -> GroupNorm -> filtered activation onto the grid scaled by ``scale``
-    (0.5 down, 1 same, 2 up). (B, c_in, H, W) -> (B, c_out, H*scale, W*scale)."""
+    (0.5: down-sampling block, 1: invariant block).
+    (B, c_in, H, W) -> (B, c_out, H*scale, W*scale)."""
 
     def __init__(self, c_in: int, c_out: int, scale: float, mode: str, padding_mode: str):
         super().__init__()

@@ -122,12 +122,8 @@ class ConvLSTMBackbone(Backbone):
     def encode(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> Latent:
         """(B, T_in, C_in, H, W) -> Latent(z=(B, 2*n_layers*hidden, H/patch, W/patch))."""
         self.check_input(x, cond)
-        if self.patch > 1:
-            check_divisible(type(self).__name__, tuple(x.shape[-2:]), self.patch)
-        frames = (
-            F.pixel_unshuffle(x.flatten(0, 1), self.patch) if self.patch > 1 else x.flatten(0, 1)
-        )
-        e = self.embed(frames)
+        check_divisible(type(self).__name__, tuple(x.shape[-2:]), self.patch)
+        e = self.embed(F.pixel_unshuffle(x.flatten(0, 1), self.patch))
         e = e.reshape(x.shape[0], x.shape[1], *e.shape[1:])
         zeros = e.new_zeros(e.shape[0], self.hidden, *e.shape[-2:])
         states = [(zeros, zeros)] * self.n_layers
@@ -151,8 +147,7 @@ class ConvLSTMBackbone(Backbone):
             h = torch.cat([s[0] for s in states], dim=1)
             if self.film_out is not None:
                 h = self.film_out(h, cond)
-            y = self.head(h)
-            frames.append(F.pixel_shuffle(y, self.patch) if self.patch > 1 else y)
+            frames.append(F.pixel_shuffle(self.head(h), self.patch))
         return torch.stack(frames, dim=1)
 
 

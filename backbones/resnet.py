@@ -48,7 +48,10 @@ class ResNetBackbone(Backbone):
         Dropout inside blocks; stochastic-depth rate rising linearly to ``drop_path``.
     """
 
-    paper = "Gupta & Brandstetter 2022, Towards Multi-spatiotemporal-scale Generalized PDE Modeling (PDEArena ResNet)"
+    paper = (
+        "Gupta & Brandstetter 2022, Towards Multi-spatiotemporal-scale Generalized PDE Modeling "
+        "(PDEArena ResNet)"
+    )
 
     def __init__(
         self,

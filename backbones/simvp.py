@@ -284,7 +284,10 @@ class SimVPBackbone(Backbone):
         self.film_out = FiLM(cond_dim, out_ch) if cond_dim else None
 
     def encode(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> Latent:
-        """(B, T_in, C_in, H, W) -> Latent(z=(B, T_in*hid_S, h, w), skips=((B, T_in*hid_S, H, W),))."""
+        """(B, T_in, C_in, H, W) -> Latent(z, (skip,)).
+
+        ``z`` is (B, T_in*hid_S, h, w), ``skip`` is (B, T_in*hid_S, H, W).
+        """
         self.check_input(x, cond)
         check_divisible(type(self).__name__, tuple(x.shape[-2:]), self.factor)
         b, t = x.shape[:2]

@@ -76,6 +76,8 @@ class UNetBackbone(Backbone):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(in_steps, out_steps, in_channels, out_channels, cond_dim)
+        if levels < 1 or n_res < 1:
+            raise ValueError(f"levels and n_res must be >= 1; got levels={levels}, n_res={n_res}")
         c_in = in_steps * self.in_channels
         self.stem = conv3x3(c_in, hidden, padding_mode=padding_mode)
         self.film_in = FiLM(cond_dim, hidden) if cond_dim else None
@@ -83,7 +85,6 @@ class UNetBackbone(Backbone):
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, cond_dim, padding_mode=padding_mode, dropout=dropout)
 
-        self.encoder_name = encoder
         if encoder is None:
             widths = [hidden * channel_mult**i for i in range(levels + 1)]
             self.enc_blocks = nn.ModuleList(

@@ -20,7 +20,7 @@ def build(name, **kw):
 
 
 def wave(h, w, ky, kx, offset=0.0, fn=torch.cos):
-    """fn(2 pi (ky y + kx x)) sampled at y = (i + offset) / h, x = (j + offset) / w; (1, 1, h, w)."""
+    """fn(2 pi (ky y + kx x)) at y = (i + offset) / h, x = (j + offset) / w; (1, 1, h, w)."""
     y = (torch.arange(h) + offset) / h
     x = (torch.arange(w) + offset) / w
     return fn(2 * math.pi * (ky * y[:, None] + kx * x[None, :]))[None, None]
