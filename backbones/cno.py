@@ -78,7 +78,7 @@ def _fourier_resample_1d(x: torch.Tensor, n_out: int, dim: int) -> torch.Tensor:
 
 
 def resample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Anti-aliased resampling of (B, C, H, W) to (B, C, *size) (``mode`` in RESAMPLE_MODES)."""
+    """Anti-aliased resampling of (B, C, H, W) to ``(B, C, *size)`` (``mode`` in RESAMPLE_MODES)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "fft":
@@ -90,7 +90,7 @@ class FilteredLReLU(nn.Module):
     """The CNO activation: upsample to twice the larger of the input and output grids,
     apply LeakyReLU there, low-pass resample to the output grid.
 
-    (B, C, H, W) -> (B, C, *out_size); ``out_size=None`` keeps ``(H, W)``.
+    (B, C, H, W) -> ``(B, C, *out_size)``; ``out_size=None`` keeps ``(H, W)``.
     """
 
     def __init__(self, mode: str = "bicubic", negative_slope: float = 0.2) -> None:

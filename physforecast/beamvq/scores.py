@@ -9,14 +9,19 @@ truth, physical parameters) broadcasts over the candidates.
 
 Reference-free scores (usable at inference):
 
-``vorticity_residual``  RMS of the 2-D Navier-Stokes vorticity residual
+``vorticity_residual``
+    RMS of the 2-D Navier-Stokes vorticity residual
     ``d_t w + u . grad w - nu lap w - f`` of [last history frame, forecast], physical units.
-``divergence``          RMS of ``du/dx + dv/dy`` of the velocity channels.
-``conservation``        drift of each channel's spatial mean from the last history frame,
+``divergence``
+    RMS of ``du/dx + dv/dy`` of the velocity channels.
+``conservation``
+    drift of each channel's spatial mean from the last history frame,
     relative to that frame's spatial standard deviation.
-``spectral``            mean absolute log-ratio of the isotropic energy spectrum of each
+``spectral``
+    mean absolute log-ratio of the isotropic energy spectrum of each
     forecast frame to that of the last history frame (spectral consistency with the input).
-``critic``              the predicted penalty of a learned critic (:mod:`.critic`).
+``critic``
+    the predicted penalty of a learned critic (:mod:`.critic`).
 
 Scores against the truth (for pseudo-labels on training data):
 

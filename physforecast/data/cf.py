@@ -11,7 +11,7 @@ and puts every variable's dims in that order. It refuses what it cannot place: a
 unknown dim, a time axis that does not increase, a variable that is NaN everywhere.
 
 Missing values (land in ocean data) become a boolean mask, True where valid, stored as
-the data variable ``valid_mask`` with dims (variable, *spatial) (see :func:`attach_valid_mask`);
+the data variable ``valid_mask`` with dims ``(variable, *spatial)`` (see :func:`attach_valid_mask`);
 training losses and metrics multiply by it. :func:`latitude_weights` gives the area
 weights of a lat-lon grid, normalised to mean 1.
 
@@ -344,7 +344,7 @@ def valid_mask(
     Returns
     -------
     xr.DataArray
-        Boolean, dims (variable, *spatial). If ``ds`` already carries a stored
+        Boolean, dims ``(variable, *spatial)``. If ``ds`` already carries a stored
         ``valid_mask``, the stored values are returned for the requested variables.
 
     Examples
@@ -410,7 +410,7 @@ def attach_valid_mask(
     Returns
     -------
     xr.Dataset
-        With data variable ``valid_mask`` (variable, *spatial) and attribute
+        With data variable ``valid_mask`` ``(variable, *spatial)`` and attribute
         ``mask_variable="valid_mask"``.
 
     Raises
