@@ -27,22 +27,16 @@ from .physics import (
 )
 from .pointwise import mae, max_error, mse, nrmse, pearson, psnr, rel_l2, rmse, ssim, vrmse
 from .probabilistic import crps, rank_histogram, spread_skill_ratio
+from .report import format_scorecard, scorecard_to_json, write_scorecard
 from .residuals import (
     advection_diffusion_residual,
     ns_forcing,
     ns_vorticity_residual,
     shallow_water_continuity_residual,
 )
-from .scorecard import (
-    GENERIC_SUITE,
-    SUITES,
-    default_suite,
-    format_scorecard,
-    score,
-    scorecard_to_json,
-    write_scorecard,
-)
+from .scorecard import score
 from .spectral import frmse, lsd, power_spectrum, spectral_mse, spectral_nmse
+from .suites import ENSEMBLE_SUITE, GENERIC_SUITE, LATLON_SUITE, SUITES, default_suite
 from .weather import acc, lat_rmse, latitude_weights
 
 __all__ = [
@@ -101,6 +95,8 @@ __all__ = [
     "default_suite",
     "SUITES",
     "GENERIC_SUITE",
+    "LATLON_SUITE",
+    "ENSEMBLE_SUITE",
     "scorecard_to_json",
     "write_scorecard",
     "format_scorecard",

@@ -1,10 +1,9 @@
 """The scorecard: every metric of a suite on a forecast, per lead time and variable.
 
-A suite is a list of metric names (from :data:`physforecast.registry.METRICS`) and/or
-callables. :func:`score` evaluates it on a forecast and its truth (the forecast convention:
-data variables ``(sample, lead_time, y, x)``, optionally with a ``member`` dim, per-sample
-parameters as variables ``(sample,)``, source attrs ``system``, ``dx``, ``dy``, ``dt``...)
-and returns an ``xr.Dataset`` with
+:func:`score` evaluates a suite (see :mod:`physforecast.metrics.suites`) on a forecast and
+its truth (the forecast convention: data variables ``(sample, lead_time, y, x)``, optionally
+with a ``member`` dim, per-sample parameters as variables ``(sample,)``, source attrs
+``system``, ``dx``, ``dy``, ``dt``...) and returns an ``xr.Dataset`` with
 
 - ``score (metric, lead_time, variable)``: the sample mean of the per-sample values (or the
   metric's own aggregate over samples for those registered ``reduces_samples``);
@@ -12,81 +11,26 @@ and returns an ``xr.Dataset`` with
   over the whole forecast window (TKE);
 
 and the coordinates ``kind`` and ``higher_is_better`` (1, 0, NaN = neither) along
-``metric``. :func:`scorecard_to_json` gives its JSON twin, :func:`write_scorecard` writes
-both into a run directory, :func:`format_scorecard` prints a compact table.
+``metric``. :mod:`physforecast.metrics.report` writes and prints it.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import math
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-from physforecast.registry import METRICS
-
+from .suites import SuiteItem, default_suite, field_names, resolve_suite, spatial_dims
 from .weather import latitude_weights
 
-__all__ = [
-    "GENERIC_SUITE",
-    "LATLON_SUITE",
-    "ENSEMBLE_SUITE",
-    "SUITES",
-    "default_suite",
-    "score",
-    "scorecard_to_json",
-    "write_scorecard",
-    "format_scorecard",
-]
+__all__ = ["score"]
 
-#: Pointwise and spectral metrics for any gridded field.
-GENERIC_SUITE = [
-    "rmse",
-    "mae",
-    "rel_l2",
-    "vrmse",
-    "max_error",
-    "pearson",
-    "ssim",
-    "frmse",
-    "spectral_mse",
-    "crmse",
-    "brmse",
-]
-#: Latitude-longitude grids: the pointwise metrics get latitude weights; ACC is added when
-#: a climatology is given.
-LATLON_SUITE = ["rmse", "lat_rmse", "mae", "pearson"]
-#: Added when the forecast has a ``member`` dim.
-ENSEMBLE_SUITE = ["crps", "spread_skill_ratio"]
-_STORM_SUITE = ["rmse", "mae", "csi", "csi_m", "pod", "far", "hss", "fss"]
-#: Default suite per ``system`` attribute; add or replace entries to extend.
-SUITES: dict[str, list[str | Callable[..., Any] | tuple[str, Callable[..., Any]]]] = {
-    "ns2d": [*GENERIC_SUITE, "lsd", "ns_vorticity_residual"],
-    "rayleigh_benard": [
-        *GENERIC_SUITE,
-        "divergence",
-        "vorticity_rmse",
-        "tke_mse",
-        "tke_spectrum_mse",
-    ],
-    "storms": _STORM_SUITE,
-    "sevir": _STORM_SUITE,
-    "advection_diffusion": [*GENERIC_SUITE, "advection_diffusion_residual", "mass_drift"],
-    "heat": [*GENERIC_SUITE, "advection_diffusion_residual", "mass_drift"],
-    "shallow_water": [*GENERIC_SUITE, "shallow_water_continuity_residual", "mass_drift"],
-}
-
-_SPATIAL_NAMES = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
 _RESERVED = ("sample", "lead_time", "member")
 #: Dataset names of physical parameters -> the keyword the metric functions take.
 _ALIASES = {
@@ -100,21 +44,12 @@ _HINTS = {
     "climatology": "pass climatology= to score() (a Dataset with this variable)",
     "latitude": "it needs a latitude-longitude grid",
 }
-_MIN_SIZE = {"ssim": 11, "lsd": 4}
 #: The stored validity mask of physforecast.data.cf: boolean, dims (variable, *spatial).
 _MASK_VARIABLE = "valid_mask"
 
 
 class _Unavailable(Exception):
     """A metric cannot run on this dataset (missing field or parameter)."""
-
-
-@dataclass(frozen=True)
-class _Item:
-    row: str
-    fn: Callable[..., torch.Tensor]
-    meta: dict[str, Any]
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,119 +68,6 @@ class _Data:
     lead_time: np.ndarray
     n_samples: int
     per_sample: set[str] = field(default_factory=set)  # context keys indexed by sample
-
-
-# ---------------------------------------------------------------- suites
-
-
-def _variant_index() -> dict[str, tuple[str, dict[str, Any]]]:
-    index = {}
-    for name in METRICS.names():
-        for suffix, options in (METRICS.entry(name).meta.get("variants") or {}).items():
-            index[f"{name}_{suffix}"] = (name, options)
-    return index
-
-
-def _resolve(suite: Iterable[Any]) -> list[_Item]:
-    """Turn a suite (names, callables, (name, callable) pairs) into rows."""
-    items: list[_Item] = []
-    variants = None
-    for entry in suite:
-        if isinstance(entry, str):
-            if entry in METRICS:
-                reg = METRICS.entry(entry)
-                expand = reg.meta.get("variants")
-                if expand and not reg.meta.get("outputs"):
-                    items += [
-                        _Item(f"{entry}_{suffix}", reg.factory, reg.meta, dict(opts))
-                        for suffix, opts in expand.items()
-                    ]
-                else:
-                    items.append(_Item(entry, reg.factory, reg.meta))
-                continue
-            variants = variants if variants is not None else _variant_index()
-            if entry not in variants:
-                names = sorted(set(METRICS.names()) | set(variants))
-                raise ValueError(
-                    f"unknown metric {entry!r} in suite. Valid names: {', '.join(names)}"
-                )
-            base, opts = variants[entry]
-            reg = METRICS.entry(base)
-            items.append(_Item(entry, reg.factory, reg.meta, dict(opts)))
-        elif isinstance(entry, tuple) and len(entry) == 2 and callable(entry[1]):
-            items.append(_Item(str(entry[0]), entry[1], _callable_meta(entry[1])))
-        elif callable(entry):
-            name = getattr(entry, "__name__", None)
-            if not name or name == "<lambda>":
-                raise ValueError(
-                    f"suite entry {entry!r} has no usable name; pass it as ('my_metric', fn)"
-                )
-            items.append(_Item(name, entry, _callable_meta(entry)))
-        else:
-            raise TypeError(
-                f"suite entries are metric names, callables or (name, callable) pairs; "
-                f"got {entry!r}"
-            )
-    rows = [item.row for item in items]
-    dupes = sorted({r for r in rows if rows.count(r) > 1})
-    if dupes:
-        raise ValueError(f"suite names these rows more than once: {', '.join(dupes)}")
-    return items
-
-
-def _callable_meta(fn: Callable[..., Any]) -> dict[str, Any]:
-    """Metadata of a user callable, from optional attributes of the same names."""
-    keys = ("kind", "higher_is_better", "weighted", "reduces_samples", "window", "ensemble")
-    meta = {k: getattr(fn, k) for k in keys if hasattr(fn, k)}
-    meta.setdefault("kind", "custom")
-    return meta
-
-
-def _spatial_dims(dims: Sequence[str], name: str) -> tuple[str, str]:
-    for pair in _SPATIAL_NAMES:
-        if all(d in dims for d in pair):
-            return pair
-    raise ValueError(
-        f"variable {name!r} has dims {tuple(dims)}; expected spatial dims (y, x), "
-        "(latitude, longitude) or (lat, lon)"
-    )
-
-
-def _field_names(ds: xr.Dataset) -> list[str]:
-    """Data variables that are fields (have lead_time); the rest are parameters."""
-    return [str(n) for n, da in ds.data_vars.items() if "lead_time" in da.dims]
-
-
-def _grid_shape(forecast: xr.Dataset) -> tuple[int, int]:
-    names = _field_names(forecast)
-    if not names:
-        raise ValueError("forecast has no data variable with a 'lead_time' dim")
-    da = forecast[names[0]]
-    sy, sx = _spatial_dims(da.dims, names[0])
-    return da.sizes[sy], da.sizes[sx]
-
-
-def default_suite(
-    forecast: xr.Dataset, climatology: xr.Dataset | xr.DataArray | None = None
-) -> list[Any]:
-    """The suite for a forecast, chosen from its metadata.
-
-    ``SUITES[forecast.attrs["system"]]`` when the system is known, the latitude-weighted
-    :data:`LATLON_SUITE` (plus ``acc`` with a climatology) on latitude-longitude grids,
-    :data:`GENERIC_SUITE` otherwise; :data:`ENSEMBLE_SUITE` is appended for ensembles.
-    Metrics the grid is too small for (SSIM needs 11 x 11) are left out.
-    """
-    names = _field_names(forecast)
-    latlon = bool(names) and _spatial_dims(forecast[names[0]].dims, names[0])[0] != "y"
-    system = forecast.attrs.get("system")
-    if latlon:
-        suite = list(LATLON_SUITE) + (["acc"] if climatology is not None else [])
-    else:
-        suite = list(SUITES.get(system, GENERIC_SUITE))
-    if any("member" in forecast[n].dims for n in names):
-        suite += ENSEMBLE_SUITE
-    h, w = _grid_shape(forecast)
-    return [m for m in suite if not (isinstance(m, str) and min(h, w) < _MIN_SIZE.get(m, 0))]
 
 
 # ---------------------------------------------------------------- data
@@ -305,7 +127,7 @@ def _prepare(
     mask: xr.DataArray | xr.Dataset | None,
     climatology: xr.Dataset | xr.DataArray | None,
 ) -> _Data:
-    names = _field_names(forecast)
+    names = field_names(forecast)
     if not names:
         raise ValueError("forecast has no data variable with a 'lead_time' dim")
     fields: dict[str, _Field] = {}
@@ -319,7 +141,7 @@ def _prepare(
         fda, tda = forecast[name], truth[name]
         if "member" in tda.dims:
             raise ValueError(f"truth variable {name!r} has a 'member' dim; only forecasts may")
-        sy, sx = _spatial_dims(fda.dims, name)
+        sy, sx = spatial_dims(fda.dims, name)
         fda, extra = _canonical(fda, sy, sx)
         tda, _ = _canonical(tda, sy, sx)
         expected = {d: n for d, n in fda.sizes.items() if d != "member"}
@@ -362,7 +184,7 @@ def _prepare(
             context[_ALIASES[key]] = context[key]
     if weights is not None:
         first = forecast[names[0]]
-        sy, sx = _spatial_dims(first.dims, names[0])
+        sy, sx = spatial_dims(first.dims, names[0])
         context["weights"] = _tensor(
             weights.broadcast_like(
                 first[{d: 0 for d in first.dims if d not in (sy, sx)}]
@@ -432,7 +254,7 @@ def _make_field(
 # ---------------------------------------------------------------- evaluation
 
 
-def _call_kwargs(item: _Item, fn_params: dict[str, inspect.Parameter], ctx: dict[str, Any]):
+def _call_kwargs(item: SuiteItem, fn_params: dict[str, inspect.Parameter], ctx: dict[str, Any]):
     """Keyword arguments for ``item.fn`` from the context, checking the required ones."""
     accepts_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in fn_params.values())
     kwargs = {}
@@ -462,7 +284,7 @@ def _call_kwargs(item: _Item, fn_params: dict[str, inspect.Parameter], ctx: dict
     return kwargs
 
 
-def _targets(item: _Item, data: _Data) -> list[tuple[str, _Field]]:
+def _targets(item: SuiteItem, data: _Data) -> list[tuple[str, _Field]]:
     """The (variable label, field) pairs an item is evaluated on; velocity-like groups are
     stacked on dim -3: (S, L, C, H, W)."""
     fields = item.meta.get("fields")
@@ -510,7 +332,7 @@ def _chunk(fld: _Field, ctx: dict[str, Any], per_sample: set[str], sl: slice):
 
 
 def _evaluate(
-    item: _Item, data: _Data, chunk: int | None
+    item: SuiteItem, data: _Data, chunk: int | None
 ) -> list[tuple[str, str, np.ndarray, bool]]:
     """Run one suite item: [(row, variable label, values, is_window)], values (L,) or ().
 
@@ -634,7 +456,7 @@ def score(
     strict = suite is not None
     if suite is None:
         suite = default_suite(forecast, climatology)
-    items = _resolve(suite)
+    items = resolve_suite(suite)
     data = _prepare(forecast, truth, weights, mask, climatology)
     results: list[tuple[str, str, np.ndarray, bool]] = []
     metas: dict[str, dict[str, Any]] = {}
@@ -699,113 +521,3 @@ def _assemble(results, metas, data: _Data, forecast: xr.Dataset) -> xr.Dataset:
         if key in forecast.attrs:
             ds.attrs[key] = forecast.attrs[key]
     return ds
-
-
-# ---------------------------------------------------------------- output
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, (float, np.floating)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def scorecard_to_json(ds: xr.Dataset) -> dict[str, Any]:
-    """The JSON twin of a scorecard (NaN becomes null; all-NaN entries are left out).
-
-    ``{"attrs": {...}, "lead_time": [...], "metrics": {name: {"kind", "higher_is_better",
-    "variables": {var: {"by_lead_time": [...], "summary": x}}}}}``.
-    """
-    metrics = {}
-    for i, row in enumerate(ds["metric"].values.tolist()):
-        hib = float(ds["higher_is_better"].values[i])
-        per_var = {}
-        for j, var in enumerate(ds["variable"].values.tolist()):
-            series = ds["score"].values[i, :, j]
-            summ = ds["summary"].values[i, j]
-            if not (np.isfinite(series).any() or np.isfinite(summ)):
-                continue
-            per_var[str(var)] = {
-                "by_lead_time": [_clean(v) for v in series],
-                "summary": _clean(summ),
-            }
-        metrics[str(row)] = {
-            "kind": str(ds["kind"].values[i]),
-            "higher_is_better": None if math.isnan(hib) else bool(hib),
-            "variables": per_var,
-        }
-    return {
-        "attrs": {k: _clean(v) for k, v in ds.attrs.items()},
-        "lead_time": [_clean(v) for v in ds["lead_time"].values],
-        "metrics": metrics,
-    }
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_scorecard(ds: xr.Dataset, run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``scorecard.nc`` and ``scorecard.json`` into ``run_dir`` atomically.
-
-    Each file is written to a temporary file in the same directory and moved into place
-    with ``os.replace``, so a reader never sees half a scorecard.
-
-    Returns
-    -------
-    (Path, Path)
-        The netCDF and JSON paths.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    nc_path, json_path = run_dir / "scorecard.nc", run_dir / "scorecard.json"
-    text = json.dumps(scorecard_to_json(ds), indent=2)
-
-    def write_json(tmp: str) -> None:
-        Path(tmp).write_text(text + "\n")
-
-    _atomic_write(nc_path, lambda tmp: ds.to_netcdf(tmp))
-    _atomic_write(json_path, write_json)
-    return nc_path, json_path
-
-
-def format_scorecard(ds: xr.Dataset, *, max_leads: int = 3, digits: int = 4) -> str:
-    """A compact text table: a row per metric and variable, a few lead times and the mean.
-
-    The lead-time columns are the first, middle and last lead (``max_leads`` of them);
-    ``mean`` is the ``summary`` (mean over leads, or the whole-window value).
-    """
-    leads = ds["lead_time"].values
-    n = len(leads)
-    picks = sorted({round(i * (n - 1) / max(max_leads - 1, 1)) for i in range(min(max_leads, n))})
-    header = ["metric", "variable", *[f"lead {leads[i]}" for i in picks], "mean"]
-    body = []
-    score_v, summ_v = ds["score"].values, ds["summary"].values
-
-    def fmt(v: float) -> str:
-        return "-" if not np.isfinite(v) else f"{v:.{digits}g}"
-
-    for i, row in enumerate(ds["metric"].values.tolist()):
-        for j, var in enumerate(ds["variable"].values.tolist()):
-            if not (np.isfinite(score_v[i, :, j]).any() or np.isfinite(summ_v[i, j])):
-                continue
-            body.append(
-                [str(row), str(var), *[fmt(score_v[i, k, j]) for k in picks], fmt(summ_v[i, j])]
-            )
-    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths)))
-        for r in [header, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
