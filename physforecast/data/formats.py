@@ -11,7 +11,7 @@
   ``t2_fields``, ``dimensions``, ``boundary_conditions``, ``scalars`` and parameters as
   root attributes.
 
-:func:`open_any` sniffs the format from the extension and the content. Every reader is
+:func:`open_any` sniffs the format from the content (magic bytes, HDF5 groups). Every reader is
 lazy: arrays are dask arrays read chunk by chunk (HDF5 through a picklable reader that
 opens the file for each chunk, so DataLoader workers can use it; see
 :mod:`physforecast.data.hdf5`), never loaded whole.
@@ -50,8 +50,8 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 def sniff_format(path: str | os.PathLike) -> str:
     """Which reader fits ``path``: ``"zarr"``, ``"netcdf"``, ``"pdebench"`` or ``"the_well"``.
 
-    The content decides, the extension only breaks ties: a zarr store is a directory
-    with ``zarr.json`` or ``.zgroup``; HDF5 files with ``t0_fields`` are The Well's, those
+    The content decides, not the extension: a zarr store is a directory with
+    ``zarr.json`` or ``.zgroup``; HDF5 files with ``t0_fields`` are The Well's, those
     with ``tensor`` (or compressible-flow fields) or numbered seed groups are PDEBench's,
     other HDF5 and netCDF-3 files are read as CF netCDF.
 
