@@ -16,9 +16,9 @@ experts.
 
 Grid adaptation: the query points are the ``H*W`` grid points. A query token embeds the
 point coordinates and the 3x3 stencil of the ``T_in`` input frames around the point (zero
-padding at the edges), giving the pointwise layers the local derivatives a mesh method
-gets from its features; each input variable is one input function, embedded pointwise
-from its ``T_in`` values and the coordinates.
+padding at the edges), so the pointwise layers see local differences (advection by a
+cell, a Laplacian) that a global low-rank attention cannot resolve; each input variable
+is one input function, embedded pointwise from its ``T_in`` values and the coordinates.
 
 Shapes: x (B, T_in, C, H, W) -> tokens (B, N=H*W, D) -> (B, T_out, C_out, H, W). The
 latent is the token sequence after the last block, (B, N, D), with the grid size
@@ -188,7 +188,8 @@ class GNOTBackbone(Backbone):
     hidden : int
         Token width ``D``.
     n_layers : int
-        Number of GNOT blocks.
+        Number of GNOT blocks (each is two attention and two feed-forward layers). The
+        defaults are sized for CPU training; raise ``n_layers`` and ``hidden`` to scale up.
     heads : int
         Attention heads.
     experts : int
@@ -209,7 +210,7 @@ class GNOTBackbone(Backbone):
         out_channels: int | None = None,
         cond_dim: int = 0,
         hidden: int = 32,
-        n_layers: int = 2,
+        n_layers: int = 1,
         heads: int = 4,
         experts: int = 2,
         mlp_ratio: float = 2.0,
