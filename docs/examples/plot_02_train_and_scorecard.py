@@ -98,7 +98,14 @@ ax.legend()
 # over samples (a few, such as PDEBench's fRMSE, aggregate samples their own way; the
 # ``sample_reduction`` attribute says so). Definitions: :doc:`/metrics`.
 card = xr.open_dataset(run_dir / "scorecard.nc")
-print(format_scorecard(card))
+print(card.sizes, card.attrs["sample_reduction"])
+
+# %%
+# A few rows, every lead time. The vorticity-equation residual needs no truth; its
+# ``_truth`` row is the residual of the true fields (time discretisation at the saving
+# interval), the scale against which the forecast's residual should be read.
+rows = ["rmse", "rel_l2", "pearson", "ns_vorticity_residual", "ns_vorticity_residual_truth"]
+print(format_scorecard(card.sel(metric=rows), max_leads=4))
 
 # %%
 # Errors grow with lead time:

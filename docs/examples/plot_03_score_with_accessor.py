@@ -4,7 +4,7 @@ Forecast and score with the xarray accessor
 
 ``import physforecast`` registers a ``.physforecast`` accessor on every ``xr.Dataset``
 and ``xr.DataArray``. It is a thin layer: each method calls one library function
-(:func:`physforecast.rollout`, :func:`physforecast.api.verify`,
+(:func:`physforecast.rollout <physforecast.rollout.rollout>`, :func:`physforecast.api.verify`,
 :func:`physforecast.metrics.score`...), so scripts can use either.
 
 Here we train a small model, forecast trajectories it has never seen, further ahead than

@@ -29,7 +29,7 @@ from physforecast.training.run import train
 rng = np.random.default_rng(0)
 lat = np.linspace(-60, 60, 16)
 lon = np.arange(0, 360, 360 / 32)
-n_time = 160
+n_time = 120
 t = np.arange(n_time)[:, None, None]
 la, lo = np.deg2rad(lat)[None, :, None], np.deg2rad(lon)[None, None, :]
 sst = np.cos(la) * (
