@@ -281,7 +281,7 @@ def run(quick: bool = False) -> str:
         three readers side by side with ratios, the machine and the command to rerun.
     """
     if quick:
-        n_traj, n_time, size, workers, factor = 2, 12, 16, (0, 1), 2
+        n_traj, n_time, size, workers, factor = 2, 10, 8, (0, 1), 2
     else:
         n_traj, n_time, size, workers, factor = 8, 40, 64, (0, 1, 2), 10
     with tempfile.TemporaryDirectory(prefix="pf-bench-data-") as tmp:
