@@ -152,9 +152,7 @@ class CodeBank(nn.Module):
             if k == 1:
                 dk, ik = d.min(dim=1, keepdim=True)
             else:
-                # stable sort: equal distances keep the lower code index first (deterministic)
-                dk, ik = torch.sort(d, dim=1, stable=True)
-                dk, ik = dk[:, :k], ik[:, :k]
+                dk, ik = torch.topk(d, k, dim=1, largest=False, sorted=True)
             dists.append(dk)
             idxs.append(ik)
         if not dists:

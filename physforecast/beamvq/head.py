@@ -48,6 +48,10 @@ class HeadOutput(NamedTuple):
         Weighted commitment loss (scalar); part of the training loss.
     logs : dict
         ``commitment`` and ``perplexity`` of the nearest-code assignment.
+    ranks : tuple of int, optional
+        When only some of the K candidates were decoded: their ranks (0 first).
+    k : int
+        The number of candidates ``K`` they were drawn from.
     """
 
     candidates: torch.Tensor
@@ -55,6 +59,8 @@ class HeadOutput(NamedTuple):
     indices: torch.Tensor
     vq_loss: torch.Tensor
     logs: dict[str, float]
+    ranks: tuple[int, ...] | None = None
+    k: int = 0
 
 
 class _Residual(nn.Module):
@@ -86,6 +92,13 @@ class _Propagator(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.net(h)
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    """2x nearest upsampling + 3x3 conv (a transposed conv without its slow CPU kernel)."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1)
+    )
 
 
 def _repeat_batch(obj: Any, k: int, batch: int) -> Any:
@@ -168,16 +181,21 @@ class TopKVQHead(nn.Module):
             dec_up: list[nn.Module] = []
             if downsample == 4:
                 enc += [nn.GELU(), nn.Conv2d(hidden, hidden, 4, stride=2, padding=1)]
-                dec_up += [nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1), nn.GELU()]
+                dec_up += [_up(hidden, hidden), nn.GELU()]
             enc += [_Residual(hidden), nn.GELU(), nn.Conv2d(hidden, d, 1)]
             self.encoder = nn.Sequential(*enc)
             self.propagator = _Propagator(self.steps * d, prop_hidden, prop_depth)
-            last = nn.ConvTranspose2d(hidden, c, 4, stride=2, padding=1)
+            last = nn.Conv2d(hidden, c, 3, padding=1)
             if self.residual:
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
             self.decoder = nn.Sequential(
-                nn.Conv2d(d, hidden, 3, padding=1), _Residual(hidden), nn.GELU(), *dec_up, last
+                nn.Conv2d(d, hidden, 3, padding=1),
+                _Residual(hidden),
+                nn.GELU(),
+                *dec_up,
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                last,
             )
             self.quantizer = Quantizer(code_dim, bank_cfg)
         else:
@@ -211,8 +229,12 @@ class TopKVQHead(nn.Module):
         k: int,
         temperature: float,
         generator: torch.Generator | None,
+        ranks: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Quantize channels-last ``z_last`` (..., D): candidates (K, ..., D), indices, loss, logs."""
+        """Quantize channels-last ``z_last`` (..., D): candidates (K', ..., D), indices, loss, logs.
+
+        ``K' = K``, or ``len(ranks)`` when only the candidates of those ranks are wanted.
+        """
         out = quantizer(z_last, update=False)
         logs = {key: float(v) for key, v in out.breakdown.items()}
         if k == 1:
@@ -222,6 +244,8 @@ class TopKVQHead(nn.Module):
             dist, idx = quantizer.retrieve(z_last, pool)
             cand_idx = candidate_indices(dist, idx, k, temperature, generator)
             cand_idx[0] = out.indices  # candidate 0 is the top-1 forecast, exactly
+            if ranks is not None:
+                cand_idx = cand_idx[list(ranks)]
             q = quantizer.candidates(z_last, cand_idx)
         if quantizer.training:  # after reading the candidates from the same codes
             quantizer.update_(z_last, out.indices)
@@ -237,6 +261,7 @@ class TopKVQHead(nn.Module):
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
         base: torch.Tensor | None = None,
+        ranks: tuple[int, ...] | None = None,
     ) -> HeadOutput:
         """K candidate forecasts of ``x`` (B, T_in, C, H, W).
 
@@ -255,12 +280,25 @@ class TopKVQHead(nn.Module):
         base : Tensor, optional
             Output mode: a precomputed backbone forecast ``(B, T, C, H, W)`` (e.g. computed
             under ``no_grad`` when the backbone is frozen).
+        ranks : tuple of int, optional
+            Decode only the candidates of these ranks (starting with 0), e.g. ``(0, r)``
+            with a random ``r`` to train on a cheap unbiased sample of the K candidates.
         """
+        if ranks is not None:
+            ranks = tuple(int(r) for r in ranks)
+            if not ranks or ranks[0] != 0 or max(ranks) >= k or len(set(ranks)) != len(ranks):
+                raise ValueError(
+                    f"ranks must start with 0 and be distinct ranks below k={k}; got {ranks}"
+                )
+            if k == 1:
+                ranks = None
         if self.mode == "output":
-            return self._forward_output(x, cond, k, temperature, generator, base)
-        return self._forward_latent(x, cond, k, temperature, generator)
+            out = self._forward_output(x, cond, k, temperature, generator, base, ranks)
+        else:
+            out = self._forward_latent(x, cond, k, temperature, generator, ranks)
+        return out._replace(ranks=ranks, k=k)
 
-    def _forward_output(self, x, cond, k, temperature, generator, base) -> HeadOutput:
+    def _forward_output(self, x, cond, k, temperature, generator, base, ranks) -> HeadOutput:
         y0 = self.backbone(x, cond) if base is None else base
         b, t, c, h, w = y0.shape
         if h % self.downsample or w % self.downsample:
@@ -271,7 +309,10 @@ class TopKVQHead(nn.Module):
         feat = self.encoder(y0.reshape(b * t, c, h, w))  # (B*T, D, h', w')
         d, hh, ww = feat.shape[1:]
         z_last = feat.reshape(b, t, d, hh, ww).permute(0, 1, 3, 4, 2)  # (B, T, h', w', D)
-        q, idx, vq_loss, logs = self._select(self.quantizer, z_last, k, temperature, generator)
+        q, idx, vq_loss, logs = self._select(
+            self.quantizer, z_last, k, temperature, generator, ranks
+        )
+        k = q.shape[0]
         q = q.permute(0, 1, 2, 5, 3, 4).reshape(k * b, t * d, hh, ww)  # (K*B, T*D, h', w')
         q = self.propagator(q).reshape(k * b * t, d, hh, ww)
         dec = self.decoder(q).reshape(k, b, t, c, h, w)
@@ -279,7 +320,7 @@ class TopKVQHead(nn.Module):
             dec = dec + y0.unsqueeze(0)
         return HeadOutput(dec.transpose(0, 1), y0, idx, vq_loss, logs)
 
-    def _forward_latent(self, x, cond, k, temperature, generator) -> HeadOutput:
+    def _forward_latent(self, x, cond, k, temperature, generator, ranks) -> HeadOutput:
         latent = self.backbone.encode(x, cond)
         z = latent.z
         b = z.shape[0]
@@ -290,7 +331,8 @@ class TopKVQHead(nn.Module):
         else:
             raise ValueError(f"latent z must be (B, D, h, w) or (B, N, D); got {tuple(z.shape)}")
         quantizer = self._latent_quantizer(z_last.shape[-1], z.device)
-        q, idx, vq_loss, logs = self._select(quantizer, z_last, k, temperature, generator)
+        q, idx, vq_loss, logs = self._select(quantizer, z_last, k, temperature, generator, ranks)
+        k = q.shape[0]
         q = q.reshape(k * b, *z_last.shape[1:])
         if z.ndim == 4:
             q = q.permute(0, 3, 1, 2)
@@ -317,7 +359,8 @@ def head_loss(
     ``loss = mse(top1, y) + candidate_weight * mean_k mse(cand_k, y) + vq_loss
     + base_weight * mse(base, y)``. The authors sum the K candidate errors with weight 1
     and drop the commitment loss; here the K terms are averaged and the commitment
-    loss is always included.
+    loss is always included. When the head decoded only some ranks (``out.ranks``), the
+    mean over the K candidates is estimated without bias from rank 0 and the sampled ranks.
 
     Parameters
     ----------
@@ -348,7 +391,13 @@ def head_loss(
     loss = top1 + out.vq_loss
     logs = {"top1_mse": float(top1.detach()), "vq_loss": float(out.vq_loss.detach()), **out.logs}
     if candidate_weight and cands.shape[1] > 1:
-        cand = mse(cands, target.unsqueeze(1).expand_as(cands))
+        if out.ranks is None:
+            cand = mse(cands, target.unsqueeze(1).expand_as(cands))
+        else:  # unbiased estimate of the mean over all K ranks from rank 0 + sampled ranks
+            m = len(out.ranks) - 1
+            cand = top1 / out.k + sum(
+                mse(cands[:, j], target) * (out.k - 1) / (out.k * m) for j in range(1, m + 1)
+            )
         loss = loss + candidate_weight * cand
         logs["cand_mse"] = float(cand.detach())
     if base_weight:

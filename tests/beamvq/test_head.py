@@ -141,3 +141,31 @@ def test_head_errors(tiny_backbone):
     out = head(torch.randn(1, 2, 1, 8, 8), k=2)
     with pytest.raises(ValueError, match=r"target must be \(B, T, C, H, W\)"):
         head_loss(out, torch.randn(1, 3, 1, 8, 8))
+
+
+def test_rank_subset_decodes_those_candidates_and_estimates_the_loss_without_bias(tiny_backbone):
+    head = TopKVQHead(
+        tiny_backbone,
+        mode="output",
+        num_codes=16,
+        code_dim=4,
+        hidden=4,
+        downsample=2,
+        residual=False,
+    )
+    head.eval()
+    x, y = torch.randn(2, 2, 1, 8, 8), torch.randn(2, 2, 1, 8, 8)
+    full = head(x, k=4)
+    _, full_logs = head_loss(full, y)
+    estimates = []
+    for r in (1, 2, 3):
+        part = head(x, k=4, ranks=(0, r))
+        assert part.candidates.shape[1] == 2 and part.ranks == (0, r) and part.k == 4
+        torch.testing.assert_close(part.candidates[:, 1], full.candidates[:, r])
+        estimates.append(head_loss(part, y)[1]["cand_mse"])
+    # averaged over the sampled rank, the estimate is the mean over all K candidates
+    assert sum(estimates) / 3 == pytest.approx(full_logs["cand_mse"], rel=1e-5)
+    with pytest.raises(ValueError, match="ranks must start with 0"):
+        head(x, k=4, ranks=(1, 2))
+    with pytest.raises(ValueError, match="below k=4"):
+        head(x, k=4, ranks=(0, 4))
