@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from physforecast.data.windows import worker_init
+
 __all__ = ["run", "make_store", "worker_init", "measure"]
 
 IN_STEPS, OUT_STEPS = 4, 4
@@ -74,13 +76,6 @@ def make_store(
     chunks = {"trajectory": 1, "time": min(10, n_time)}
     ds.chunk(chunks).to_zarr(path, mode="w", zarr_format=2, consolidated=True)
     return path
-
-
-def worker_init(_: int) -> None:
-    """DataLoader ``worker_init_fn``: dask's synchronous scheduler in forked workers."""
-    import dask
-
-    dask.config.set(scheduler="synchronous")
 
 
 def _windows(path: Path, workers: int, batch_size: int) -> tuple[int, float, float]:

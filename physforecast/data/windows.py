@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from .normalization import Normalizer
 
-__all__ = ["ForecastWindows", "split_indices", "spatial_dims", "check_variables"]
+__all__ = ["ForecastWindows", "split_indices", "spatial_dims", "check_variables", "worker_init"]
 
 _SPATIAL = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
 
@@ -267,18 +267,29 @@ class ForecastWindows(Dataset):
         )
 
 
+def worker_init(_: int) -> None:
+    """DataLoader ``worker_init_fn``: dask's synchronous scheduler in each worker.
+
+    Dask's thread pool does not survive ``fork``; a worker that inherited a dataset
+    read once in the parent would otherwise deadlock on its first compute.
+    """
+    import dask
+
+    dask.config.set(scheduler="synchronous")
+
+
 class _FileOpener:
-    """Picklable zero-argument reopener of a netCDF or zarr file (lazy, chunked)."""
+    """Picklable zero-argument reopener of a file through :func:`~physforecast.data.formats.open_any`."""
 
     def __init__(self, source: str) -> None:
         self.source = str(source)
 
     def __call__(self) -> xr.Dataset:
-        if self.source.rstrip("/").endswith(".zarr"):
-            return xr.open_zarr(self.source)
-        return xr.open_dataset(self.source, chunks={})
+        from .formats import open_any
+
+        return open_any(self.source)
 
 
 def _default_opener(ds: xr.Dataset) -> Callable[[], xr.Dataset] | None:
-    source = ds.encoding.get("source")
+    source = ds.encoding.get("source") or ds.attrs.get("source_file")
     return _FileOpener(source) if source else None

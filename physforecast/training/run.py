@@ -10,6 +10,7 @@ directory::
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,9 @@ def prepare(cfg: Config, normalizer: Normalizer | None = None) -> Prepared:
         raise ValueError(
             f"the run was trained on variables {normalizer.variables}, not {variables}"
         )
-    kw = dict(stride=data.stride, params=params, normalizer=normalizer)
+    # workers reopen the dataset the same way (a cached simulation, or a file through its reader)
+    opener = functools.partial(open_dataset, data.dataset, options=data.options)
+    kw = dict(stride=data.stride, params=params, normalizer=normalizer, opener=opener)
     parts = [
         ForecastWindows(ds, variables, data.in_steps, data.out_steps, selection=s, **kw)
         for s in splits

@@ -103,3 +103,23 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(ValueError, match="suffix"):
         write_dataset(toy(), tmp_path / "x.csv")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dataloader_workers_read_a_file_opened_in_the_parent(tmp_path):
+    """Forked workers reopen the store and use dask's synchronous scheduler (no deadlock)."""
+    import torch
+
+    from physforecast.config import Config
+    from physforecast.data.formats import open_any
+    from physforecast.training import Trainer
+
+    path = write_dataset(toy(n_traj=4), tmp_path / "toy.zarr")
+    win = ForecastWindows(open_any(path), ["u"], 2, 2)
+    cfg = Config()
+    cfg.data.batch_size, cfg.data.num_workers = 4, 2
+    cfg.train.device = "cpu"
+    trainer = Trainer(torch.nn.Linear(1, 1), cfg.train, config=cfg)
+    loader = trainer.loader(win, train=False)
+    assert loader.worker_init_fn is not None
+    x = torch.cat([b["x"] for b in loader])
+    torch.testing.assert_close(x, torch.stack([win[i]["x"] for i in range(len(win))]))
