@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm.auto import tqdm
 
 from physforecast.config import Config, TrainConfig, config_to_dict
+from physforecast.data.windows import worker_init
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo
@@ -180,7 +181,11 @@ class Trainer:
         else:
             sampler = None
         return DataLoader(
-            data, batch_size=bs, sampler=sampler, num_workers=workers, persistent_workers=False
+            data,
+            batch_size=bs,
+            sampler=sampler,
+            num_workers=workers,
+            worker_init_fn=worker_init if workers else None,
         )
 
     def set_lr(self) -> float:
