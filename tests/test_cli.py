@@ -53,7 +53,11 @@ def test_run_directory_is_complete(run_dir):
         "rmse" in json.dumps(card) and "nrmse" in json.dumps(card) or "rel_l2" in json.dumps(card)
     )
     data = json.loads((run_dir / "data.json").read_text())
-    assert data["shape"] == [16, 16] and data["variables"] == ["vorticity"] and data["system"] == "ns2d"
+    assert (
+        data["shape"] == [16, 16]
+        and data["variables"] == ["vorticity"]
+        and data["system"] == "ns2d"
+    )
     fc = xr.open_dataset(run_dir / "forecasts.nc")
     assert fc.vorticity.dims == ("sample", "lead_time", "y", "x") and fc.sizes["lead_time"] == 2
     assert fc.vorticity.attrs["units"] == "s-1"
@@ -111,3 +115,23 @@ def test_generate_writes_netcdf(tmp_path):
     ds = xr.open_dataset(out)
     assert ds.vorticity.shape == (2, 2, 16, 16)
     assert [p.name for p in tmp_path.iterdir()] == ["ns.nc"]
+
+
+def test_beamvq_method_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bvq"
+    args = ["train", "--method", "beamvq", "--epochs", "3", "--out", str(out), "--set", *TINY]
+    args += [
+        "beamvq.num_codes=16",
+        "beamvq.code_dim=8",
+        "beamvq.top_k=3",
+        "beamvq.width=2",
+        "beamvq.rounds=1",
+        "beamvq.epochs_per_round=1",
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "backbone alone vs BeamVQ" in text
+    result = json.loads((out / "beamvq_eval.json").read_text())
+    assert {"base", "top1", "beamvq"} <= set(result)
+    assert len(result["beamvq"]["rmse"]) == 2  # one value per lead time
+    assert (out / "beamvq_rounds.jsonl").exists()

@@ -247,4 +247,20 @@ def evaluate_run(
         f"scorecard for {run_dir} ({cfg.model.backbone}, {cfg.method}, test split: {len(prepared.test)} windows)"
     )
     print(format_scorecard(card))
+    if cfg.method == "beamvq":
+        _compare_beamvq(model, prepared, cfg, run_dir)
     return card
+
+
+def _compare_beamvq(model: nn.Module, prepared: Prepared, cfg: Config, run_dir: Path) -> None:
+    """Backbone alone, head top-1 and beam-searched forecast side by side (``beamvq_eval.json``)."""
+    from torch.utils.data import DataLoader
+
+    from physforecast.beamvq.pipeline import evaluate_beamvq, format_evaluation
+
+    result = evaluate_beamvq(model, DataLoader(prepared.test, batch_size=cfg.data.batch_size))
+    tmp = run_dir / "beamvq_eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(run_dir / "beamvq_eval.json")
+    print("\nbackbone alone vs BeamVQ (test split, per lead time):")
+    print(format_evaluation(result))
