@@ -167,6 +167,9 @@ def test_sphinx_build_with_the_gallery_has_no_warnings(tmp_path):
     env.setdefault("PHYSFORECAST_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "html"
     cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-q"]
+    # rerun every example, even one unchanged since a previous build in this checkout
+    # (sphinx-gallery skips those by MD5), so library changes that break it are caught
+    cmd += ["-D", "sphinx_gallery_conf.run_stale_examples=1"]
     cmd += ["-d", str(tmp_path / "doctrees"), str(DOCS), str(out)]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, (
