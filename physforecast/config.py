@@ -68,6 +68,9 @@ class DataConfig:
         Per-trajectory physical parameters passed to the model as ``cond``.
     options : dict
         Keyword arguments for a registered dataset's generator (size, seed...).
+    in_memory_mb : float
+        A dataset at most this large (in MB) is read into memory once; a larger one
+        stays lazy and each window reads only its own frames.
     """
 
     dataset: str = "ns2d"
@@ -80,6 +83,7 @@ class DataConfig:
     num_workers: int = 0
     params: list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    in_memory_mb: float = 256.0
 
 
 @dataclass

@@ -65,6 +65,8 @@ def prepare(cfg: Config, normalizer: Normalizer | None = None) -> Prepared:
     data = cfg.data
     pf.BACKBONES.entry(cfg.model.backbone)  # an unknown name fails before any data work
     ds = open_dataset(data.dataset, options=data.options)
+    if ds.nbytes <= data.in_memory_mb * 2**20:
+        ds = ds.load()  # small: one read instead of a dask graph per window
     variables = list(data.variables or infer_variables(ds))
     check_variables(ds, variables)
     params = list(data.params or [])
