@@ -284,32 +284,6 @@ def test_clear_errors_on_bad_input():
 # ---------------------------------------------------------------- a trained run
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A one-epoch FNO on a 6-trajectory ns2d set, trained once per test session."""
-    from physforecast.config import Config, apply_overrides
-    from physforecast.training.run import train
-
-    path = tmp_path_factory.getbasetemp() / "tiny-ns2d-fno-run"
-    if not (path / "checkpoints" / "best.pt").exists():
-        cfg = apply_overrides(
-            Config(),
-            [
-                "train.epochs=1",
-                "data.options.n_trajectories=6",
-                "data.options.n_steps=12",
-                "data.in_steps=2",
-                "data.out_steps=2",
-                "data.split=[0.5,0.25,0.25]",
-                "model.options.hidden=8",
-                "model.options.modes=4",
-                f"out={path}",
-            ],
-        )
-        train(cfg, evaluate=False)
-    return path
-
-
 def test_load_and_predict_match_the_evaluation_path(tiny_run):
     """predict on the test trajectories = forecast_windows (what evaluate_run scores),
     and truth_for = the windows' truth."""
