@@ -3,11 +3,12 @@ adapters over the raw neuraloperator models.
 
 ``physforecast bench backbones`` times one training step (forward, MSE loss, backward) of
 each backbone, built with its default options for 10 input and 10 output frames of one
-variable on a 64 x 64 grid, batch 4, and reports samples per second. For ``fno`` and
-``uno`` it also times the adapter against the neuraloperator model it wraps, with the
-same configuration and the same weights (a deep copy of the wrapped module), side by side
-in one run with interleaved repeats, and checks that both give the same forecast.
-``quick=True`` runs a tiny setting in seconds (used by a test).
+variable on a 64 x 64 grid, batch 4, on one CPU thread (steadier on a shared machine),
+and reports samples per second. For ``fno`` and ``uno`` it also times the adapter
+against the neuraloperator model it wraps, with the same configuration and the same
+weights (a deep copy of the wrapped module), side by side in one run with interleaved
+repeats, and checks that both give the same forecast. ``quick=True`` runs a tiny setting
+in seconds (used by a test).
 """
 
 from __future__ import annotations
@@ -40,17 +41,21 @@ class _Setting:
     size: int
     repeats: int  # timed steps per backbone in the throughput table
     pairs: int  # interleaved (adapter, raw) pairs in the overhead table
+    threads: int = 1  # one thread: steadier timings on a shared machine
 
 
-_FULL = _Setting(batch=4, steps=10, size=64, repeats=3, pairs=10)
+_FULL = _Setting(batch=4, steps=10, size=64, repeats=5, pairs=30)
 _QUICK = _Setting(batch=1, steps=2, size=16, repeats=1, pairs=2)
 
 
 def _machine() -> str:
+    load = (
+        f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
+    )
     return (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads"
+        f"{os.cpu_count()} logical CPUs{load}, Python {platform.python_version()}, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
     )
 
 
@@ -136,14 +141,20 @@ def run(quick: bool = False) -> str:
     """
     s = _QUICK if quick else _FULL
     t0 = time.perf_counter()
-    throughput = _throughput_rows(s)
-    overhead = _overhead_rows(s)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        machine = _machine()
+        throughput = _throughput_rows(s)
+        overhead = _overhead_rows(s)
+    finally:
+        torch.set_num_threads(threads)
     lines = [
         "# Backbones: training throughput on CPU",
         "",
         f"One training step = forward, MSE loss, backward; batch {s.batch}, "
         f"{s.steps} frames in and {s.steps} out, 1 variable, {s.size} x {s.size} grid, fp32, "
-        f"default options of every backbone. Median of {s.repeats} timed steps after one "
+        f"{s.threads} CPU thread(s), default options of every backbone. Median of {s.repeats} timed steps after one "
         f"warm-up step.",
         "",
         "| backbone | parameters | ms / step | samples / s |",
@@ -165,7 +176,7 @@ def run(quick: bool = False) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
         *overhead,
         "",
-        f"Machine: {_machine()}.",
+        f"Machine: {machine}.",
         "",
         f"Command: `physforecast bench backbones` "
         f"({'quick setting, ' if quick else ''}took {time.perf_counter() - t0:.0f} s).",
