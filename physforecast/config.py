@@ -165,6 +165,12 @@ class BeamVQConfig:
         Commitment-loss weight.
     decay : float
         EMA decay of the code bank.
+    head_epochs : int, optional
+        Epochs of backbone + head training before self-training; ``max(1, epochs // 5)``
+        when omitted.
+    head : dict
+        Extra :class:`~physforecast.beamvq.head.TopKVQHead` options (``hidden``,
+        ``prop_hidden``, ``prop_depth``, ``downsample``, ``residual``...).
     """
 
     mode: str = "output"
@@ -181,6 +187,8 @@ class BeamVQConfig:
     ensemble: int = 1
     commitment: float = 0.25
     decay: float = 0.99
+    head_epochs: int | None = None
+    head: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -5,7 +5,7 @@
 backbone run), it spends
 
 1. ``E - E_head - rounds * epochs_per_round`` epochs on the backbone alone (MSE);
-2. ``E_head = max(1, E // 5)`` epochs on backbone + head together (top-1 + mean of the
+2. ``E_head = beamvq.head_epochs`` (default ``max(1, E // 5)``) epochs on backbone + head together (top-1 + mean of the
    K candidates + commitment, plus the backbone's own MSE in output mode);
 3. ``rounds`` self-training rounds: beam search on the training windows, scored against
    the truth and the physics by ``beamvq.scores``; the best ``keep_quantile`` of the
@@ -193,7 +193,7 @@ def build_beamvq_model(
         code_dim=b.code_dim,
         commitment=b.commitment,
         decay=b.decay,
-        **head_options,
+        **{**b.head, **head_options},
     )
     if b.mode == "latent":
         size = int(cfg.data.options.get("size", 64)) if example_size is None else None
@@ -242,7 +242,7 @@ def head_loss_fn(
 def epoch_split(cfg: Config) -> tuple[int, int, int]:
     """(backbone epochs, head epochs, epochs per self-training round) from ``train.epochs``."""
     total, b = cfg.train.epochs, cfg.beamvq
-    head = max(1, total // 5)
+    head = b.head_epochs if b.head_epochs is not None else max(1, total // 5)
     backbone = total - head - b.rounds * b.epochs_per_round
     if backbone < 1:
         raise ValueError(

@@ -12,6 +12,7 @@ import xarray as xr
 
 from physforecast.beamvq.pipeline import (
     PhysicsContext,
+    build_beamvq_model,
     epoch_split,
     evaluate_beamvq,
     format_evaluation,
@@ -142,6 +143,19 @@ def test_epoch_split_checks_the_budget():
     cfg = Config()
     cfg.train.epochs, cfg.beamvq.rounds, cfg.beamvq.epochs_per_round = 10, 2, 2
     assert epoch_split(cfg) == (4, 2, 2)
+    cfg.beamvq.head_epochs = 3
+    assert epoch_split(cfg) == (3, 3, 2)
     cfg.train.epochs = 4
     with pytest.raises(ValueError, match="train.epochs=4 is too few"):
         epoch_split(cfg)
+
+
+def test_head_options_come_from_the_config():
+    cfg = Config()
+    cfg.beamvq.num_codes, cfg.beamvq.code_dim = 8, 4
+    spec = {"name": "fno", "in_steps": 2, "out_steps": 2, "in_channels": 1, "modes": 4, "hidden": 8}
+    small = build_beamvq_model(cfg, spec)
+    cfg.beamvq.head = {"hidden": 64}  # default 32
+    big = build_beamvq_model(cfg, spec)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(big) > count(small)
