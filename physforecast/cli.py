@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -40,7 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     run_dir = train(cfg, resume=args.resume)
-    print(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"run directory: {run_dir}")
     return 0
 
 
