@@ -196,3 +196,10 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert (
         len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     )  # rank 0 writes once per epoch
+
+
+def test_early_stopping_after_patience(tmp_path):
+    trainer = make(tmp_path, epochs=10, patience=2, lr=0.0)  # lr 0: validation never improves
+    trainer.model.drop.p = 0.0
+    hist = trainer.fit(Toy(), Toy(8))
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
