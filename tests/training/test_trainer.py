@@ -56,7 +56,7 @@ def make(run_dir, epochs=4, **kw):
     torch.manual_seed(0)
     cfg = Config()
     cfg.data.batch_size = 5
-    cfg.train = TrainConfig(epochs=epochs, lr=3e-3, device="cpu", **kw)
+    cfg.train = TrainConfig(**{"epochs": epochs, "lr": 3e-3, "device": "cpu", **kw})
     return Trainer(Net(), cfg.train, run_dir=run_dir, config=cfg)
 
 
