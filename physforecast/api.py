@@ -36,7 +36,6 @@ from physforecast.data.normalization import Normalizer
 __all__ = [
     "Forecaster",
     "load",
-    "data_spec",
     "spectrum",
     "truth_for",
     "match_truth",
@@ -45,7 +44,7 @@ __all__ = [
     "DATA_SPEC_FILE",
 ]
 
-#: Optional file in a run directory describing the training grid (see :func:`data_spec`).
+#: File in a run directory describing the training grid (written by ``training.run.data_spec``).
 DATA_SPEC_FILE = "data.json"
 
 _SPATIAL_PAIRS = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
@@ -178,31 +177,6 @@ class Forecaster(nn.Module):
         )
 
 
-def data_spec(ds: xr.Dataset, variables: Sequence[str]) -> dict[str, Any]:
-    """A JSON-safe description of the training grid of ``variables`` in ``ds``.
-
-    ``{"variables": [...], "spatial_dims": ["y", "x"], "shape": [H, W],
-    "extra_dims": {"level": 3}}``. A run directory may store it as ``data.json``;
-    :func:`load` reads it from there.
-    """
-    if not variables:
-        raise ValueError("data_spec needs at least one variable")
-    first = ds[variables[0]]
-    sy, sx = _spatial_of(first)
-    extra = {
-        str(d): int(ds.sizes[d])
-        for v in variables
-        for d in ds[v].dims
-        if d not in ("trajectory", "time", sy, sx)
-    }
-    return {
-        "variables": [str(v) for v in variables],
-        "spatial_dims": [sy, sx],
-        "shape": [int(ds.sizes[sy]), int(ds.sizes[sx])],
-        "extra_dims": extra,
-    }
-
-
 def _to_dataset(obj: xr.Dataset | xr.DataArray, what: str = "input") -> xr.Dataset:
     if isinstance(obj, xr.DataArray):
         if obj.name is None:
@@ -224,25 +198,14 @@ def _spatial_of(da: xr.DataArray) -> tuple[str, str]:
     return str(da.dims[-2]), str(da.dims[-1])
 
 
-def _training_grid(run_dir: Path, cfg: Any, variables: list[str]) -> dict[str, int] | None:
-    """The training grid: from ``data.json`` when the run has one, else from the dataset
-    the config names (opened lazily; a cached simulation is not regenerated unless gone)."""
+def _training_grid(run_dir: Path) -> dict[str, int]:
+    """The training grid ``{dim: size}`` from the run's ``data.json``."""
     spec_path = run_dir / DATA_SPEC_FILE
-    if spec_path.exists():
-        spec = json.loads(spec_path.read_text())
-        return dict(zip(spec["spatial_dims"], spec["shape"]))
-    from physforecast.data.io import open_dataset
-
-    try:
-        ds = open_dataset(cfg.data.dataset, options=cfg.data.options)
-    except (FileNotFoundError, OSError, KeyError, ValueError) as err:
-        warnings.warn(
-            f"cannot open the training dataset {cfg.data.dataset!r} of {run_dir} to read its "
-            f"grid ({err}); inputs on another grid will not be refused",
-            stacklevel=3,
+    if not spec_path.exists():
+        raise FileNotFoundError(
+            f"{run_dir} has no {DATA_SPEC_FILE}; it was not written by physforecast train"
         )
-        return None
-    spec = data_spec(ds, variables)
+    spec = json.loads(spec_path.read_text())
     return dict(zip(spec["spatial_dims"], spec["shape"]))
 
 
@@ -293,7 +256,7 @@ def load(
         in_steps=cfg.data.in_steps,
         out_steps=cfg.data.out_steps,
         config=cfg,
-        grid=_training_grid(run_dir, cfg, list(normalizer.variables)),
+        grid=_training_grid(run_dir),
         run_dir=run_dir,
     )
     return forecaster.to(device)
