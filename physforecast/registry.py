@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
+import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,9 +102,47 @@ class Registry:
             ) from None
 
     def create(self, name: str, **kwargs: Any) -> Any:
-        """Call the factory of ``name``; keyword arguments that are ``None`` are dropped."""
+        """Call the factory of ``name``; keyword arguments that are ``None`` are dropped.
+
+        An option the factory does not take is a ``ValueError`` that lists the valid ones.
+        """
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return self.entry(name).factory(**kwargs)
+        entry = self.entry(name)
+        valid = self.options(name)
+        unknown = [k for k in kwargs if valid is not None and k not in valid]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], valid or [], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{self.kind} {name!r} does not take option {unknown[0]!r}.{hint} "
+                f"Valid options: {', '.join(valid or [])}"
+            )
+        return entry.factory(**kwargs)
+
+    def options(self, name: str) -> list[str] | None:
+        """Keyword options of ``name``'s factory (or of the class it returns); ``None`` if open-ended."""
+        factory = self.entry(name).factory
+        for target in (factory, _annotated_return(factory)):
+            if target is None:
+                continue
+            try:
+                params = inspect.signature(target).parameters.values()
+            except (TypeError, ValueError):  # builtins have no signature
+                continue
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                return [
+                    p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                ]
+        return None
+
+
+def _annotated_return(factory: Callable[..., Any]) -> type | None:
+    """The class a factory is annotated to return, when it is one."""
+    try:
+        ret = typing.get_type_hints(factory).get("return")
+    except (NameError, TypeError):
+        return None
+    return ret if isinstance(ret, type) else None
 
 
 BACKBONES = Registry("backbone", populate="physforecast.backbones")
