@@ -535,8 +535,7 @@ def _residual(pred: torch.Tensor, hist: torch.Tensor, ctx: ScoreContext) -> torc
     if phys is None or phys.vorticity is None or phys.viscosity is None:
         return None
     seq = torch.cat([hist[:, -1:], pred], 1)[:, :, phys.vorticity]
-    nu = torch.as_tensor(phys.viscosity, dtype=torch.float32, device=pred.device)
-    nu = nu.reshape(-1, 1) if nu.ndim else nu
+    nu = torch.as_tensor(phys.viscosity, dtype=torch.float32, device=pred.device)  # () or (B,)
     forcing = 0.0 if phys.forcing is None else phys.forcing
     res = M.ns_vorticity_residual(seq, dx=phys.dx, dy=phys.dy, dt=phys.dt, nu=nu, forcing=forcing)
     return res[:, 1:].pow(2).sum(0)

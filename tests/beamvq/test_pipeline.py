@@ -159,3 +159,25 @@ def test_head_options_come_from_the_config():
     big = build_beamvq_model(cfg, spec)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(big) > count(small)
+
+
+def test_truth_residual_with_a_viscosity_per_sample():
+    # evaluate_beamvq's residual when the viscosity comes from cond, one value per sample
+    from physforecast import metrics as M
+    from physforecast.beamvq.pipeline import _residual
+    from physforecast.beamvq.scores import PhysicsSpec, ScoreContext
+
+    gen = torch.Generator().manual_seed(0)
+    hist = torch.randn(3, 2, 1, 16, 16, generator=gen)
+    pred = torch.randn(3, 2, 1, 16, 16, generator=gen)
+    nu = torch.tensor([1e-2, 1e-3, 1e-4])
+    spec = PhysicsSpec(dx=1 / 16, dy=1 / 16, dt=0.5, viscosity=nu, vorticity=0, forcing="ns2d")
+    got = _residual(pred, hist, ScoreContext(history=hist, physics=spec))
+    seq = torch.cat([hist[:, -1:], pred], 1)[:, :, 0]
+    want = sum(
+        M.ns_vorticity_residual(
+            seq[i], dx=1 / 16, dy=1 / 16, dt=0.5, nu=float(nu[i]), forcing="ns2d"
+        )[1:].pow(2)
+        for i in range(3)
+    )
+    torch.testing.assert_close(got, want)
