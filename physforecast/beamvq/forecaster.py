@@ -13,6 +13,7 @@ is code distance), which is the top-1 forecast for ``ensemble == 1``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -89,6 +90,16 @@ class BeamVQForecaster(nn.Module):
     def backbone(self) -> nn.Module:
         return self.head.backbone
 
+    @contextlib.contextmanager
+    def _frozen_bank(self):
+        """Run the head in eval mode: inference never updates the code bank."""
+        was_training = self.head.training
+        self.head.eval()
+        try:
+            yield
+        finally:
+            self.head.train(was_training)
+
     def candidates(
         self, x: torch.Tensor, cond: torch.Tensor | None = None, k: int | None = None
     ) -> torch.Tensor:
@@ -98,7 +109,8 @@ class BeamVQForecaster(nn.Module):
             if self.temperature > 0
             else None
         )
-        out = self.head(x, cond, k=k or self.top_k, temperature=self.temperature, generator=gen)
+        with self._frozen_bank():
+            out = self.head(x, cond, k=k or self.top_k, temperature=self.temperature, generator=gen)
         return out.candidates
 
     def search(
@@ -165,13 +177,8 @@ class BeamVQForecaster(nn.Module):
                 ctx.target = tgt
             return score(blocks, ctx)
 
-        was_training = self.head.training
-        self.head.eval()  # inference never updates the code bank
-        try:
-            with torch.no_grad():
-                return beam_search(step_fn, score_fn, x, width or self.width, steps)
-        finally:
-            self.head.train(was_training)
+        with self._frozen_bank(), torch.no_grad():
+            return beam_search(step_fn, score_fn, x, width or self.width, steps)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The self-ensembled beam-search forecast ``(B, T_out, C, H, W)``."""
@@ -184,7 +191,8 @@ class BeamVQForecaster(nn.Module):
 
     def top1(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The head's nearest-code forecast ``(B, T_out, C, H, W)``."""
-        return self.head(x, cond, k=1).candidates[:, 0]
+        with self._frozen_bank():
+            return self.head(x, cond, k=1).candidates[:, 0]
 
     def base(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone's own forecast ``(B, T_out, C, H, W)``."""

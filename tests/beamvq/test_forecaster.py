@@ -100,6 +100,18 @@ def test_search_does_not_touch_the_code_bank_in_training_mode():
     assert torch.equal(before, head.quantizer.bank.embed) and head.training
 
 
+def test_candidates_and_top1_do_not_touch_the_code_bank_in_training_mode():
+    head = _head()
+    fc = BeamVQForecaster(head, top_k=3, width=2)
+    fc.train()
+    before = head.quantizer.bank.embed.clone()
+    x = torch.randn(2, 2, 1, 8, 8)
+    fc.candidates(x)
+    fc.top1(x)
+    fc(x)
+    assert torch.equal(before, head.quantizer.bank.embed) and head.training
+
+
 @pytest.mark.parametrize("mode", ["latent", "output"])
 def test_everything_is_deterministic_under_a_seed(mode):
     outs = []
