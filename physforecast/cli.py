@@ -15,7 +15,13 @@ __all__ = ["main", "build_parser"]
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
-    cfg = load_config(args.config) if args.config else Config()
+    if args.resume:
+        from physforecast.training.run import load_run_config
+
+        # continue the saved run; flags given now (--epochs, --set) change it
+        cfg = load_run_config(args.resume)
+    else:
+        cfg = load_config(args.config) if args.config else Config()
     overrides = list(args.set or [])
     for flag, key in (
         ("dataset", "data.dataset"),
@@ -29,7 +35,9 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = apply_overrides(cfg, overrides)
-    if args.out is None and not args.config:
+    if args.resume:
+        cfg.out = str(args.resume)
+    elif args.out is None and not args.config:
         cfg.out = f"runs/{Path(str(cfg.data.dataset)).stem}-{cfg.model.backbone}" + (
             "-beamvq" if cfg.method == "beamvq" else ""
         )

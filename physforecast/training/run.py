@@ -131,8 +131,9 @@ def train(cfg: Config, *, resume: str | Path | None = None, evaluate: bool = Tru
     cfg : Config
         The run's configuration (``cfg.out`` is the run directory).
     resume : path, optional
-        A run directory to continue from its ``checkpoints/last.pt``; the saved config
-        is used (``cfg.train.epochs`` may raise the epoch target).
+        A run directory to continue from its ``checkpoints/last.pt``. Pass its saved
+        config (:func:`load_run_config`), changed where wanted (a higher
+        ``train.epochs`` trains further); training stops at ``cfg.train.epochs``.
     evaluate : bool
         Score the best checkpoint on the test split afterwards.
 
@@ -141,13 +142,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, evaluate: bool = Tru
     Path
         The run directory.
     """
-    if resume is not None:
-        run_dir = Path(resume)
-        saved = load_run_config(run_dir)
-        saved.train.epochs = max(saved.train.epochs, cfg.train.epochs)
-        cfg = saved
-    else:
-        run_dir = Path(cfg.out)
+    run_dir = Path(resume) if resume is not None else Path(cfg.out)
     dist_info = init_distributed(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     normalizer = Normalizer.load(run_dir / "normalization.json") if resume is not None else None
