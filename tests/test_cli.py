@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import xarray as xr
+import yaml
 
 from physforecast.cli import main
 
@@ -49,9 +50,10 @@ def test_run_directory_is_complete(run_dir):
         "forecast_panel.png",
     ]
     card = json.loads((run_dir / "scorecard.json").read_text())
-    assert (
-        "rmse" in json.dumps(card) and "nrmse" in json.dumps(card) or "rel_l2" in json.dumps(card)
-    )
+    assert card["lead_time"] == [1, 2]
+    for metric in ("rmse", "rel_l2", "ns_vorticity_residual"):  # rel_l2 is PDEBench's nRMSE
+        per_lead = card["metrics"][metric]["variables"]["vorticity"]["by_lead_time"]
+        assert len(per_lead) == 2 and all(v > 0 for v in per_lead), metric
     data = json.loads((run_dir / "data.json").read_text())
     assert (
         data["shape"] == [16, 16]
@@ -72,9 +74,17 @@ def test_evaluate_rescoring_is_reproducible(run_dir, capsys):
 
 
 def test_resume_continues_to_more_epochs(run_dir):
+    assert main(["train", "--resume", str(run_dir)]) == 0  # already done: no more epochs
+
+    def epochs():
+        return [
+            json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    assert epochs() == [1, 2]
     assert main(["train", "--resume", str(run_dir), "--epochs", "3"]) == 0
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    assert epochs() == [1, 2, 3]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 3
 
 
 def test_unknown_key_is_a_clear_cli_error(capsys):
