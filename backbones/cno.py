@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._conv_blocks import conv3x3, group_norm
-from ._layers import FiLM, stack_time, unstack_time
+from physforecast.layers import FiLM, conv3x3, group_norm, stack_time, unstack_time
+
 from .base import Backbone, Latent, check_divisible, register_backbone
 
 RESAMPLE_MODES = ("bicubic", "fft")

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._conv_blocks import conv3x3
-from ._layers import FiLM
+from physforecast.layers import FiLM, conv3x3
+
 from .base import Backbone, Latent, check_divisible, register_backbone
 
 

@@ -22,8 +22,8 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
-from ._layers import FiLM, stack_time, unstack_time
-from ._operator_blocks import append_coordinates
+from physforecast.layers import FiLM, append_coordinates, stack_time, unstack_time
+
 from .base import Backbone, Latent, register_backbone
 
 __all__ = ["FactorizedSpectralConv2d", "FFNOLayer", "FFNOBackbone"]

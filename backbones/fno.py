@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from neuralop.models import FNO
 
-from ._layers import FiLM, stack_time, unstack_time
+from physforecast.layers import FiLM, stack_time, unstack_time
+
 from .base import Backbone, Latent, register_backbone
 
 

@@ -34,8 +34,16 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
-from ._layers import FiLM, stack_time, unstack_time
-from ._operator_blocks import film_tokens, grid_coordinates, grid_to_tokens, tokens_to_grid
+from physforecast.layers import (
+    FiLM,
+    film_tokens,
+    grid_coordinates,
+    grid_to_tokens,
+    stack_time,
+    tokens_to_grid,
+    unstack_time,
+)
+
 from .base import Backbone, Latent, register_backbone
 
 __all__ = [

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
-from ._layers import FiLM, stack_time, unstack_time
-from ._operator_blocks import append_coordinates
+from physforecast.layers import FiLM, append_coordinates, stack_time, unstack_time
+
 from .base import Backbone, Latent, check_divisible, register_backbone
 
 __all__ = ["NeuralSpectralBlock", "LSMBackbone"]

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._conv_blocks import ResBlock, conv3x3, group_norm
-from ._layers import FiLM, stack_time, unstack_time
+from physforecast.layers import FiLM, ResBlock, conv3x3, group_norm, stack_time, unstack_time
+
 from .base import Backbone, Latent, register_backbone
 
 

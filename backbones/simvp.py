@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, GroupNorm1, LayerScale2d
 from torch import nn
 
-from ._conv_blocks import conv3x3
-from ._layers import FiLM, unstack_time
+from physforecast.layers import FiLM, conv3x3, unstack_time
+
 from .base import Backbone, Latent, check_divisible, register_backbone
 
 TRANSLATORS = ("incepu", "gsta")

@@ -24,7 +24,8 @@ import torch
 from neuralop.layers.resample import resample
 from neuralop.models import UNO
 
-from ._layers import FiLM, stack_time, unstack_time
+from physforecast.layers import FiLM, stack_time, unstack_time
+
 from .base import Backbone, Latent, check_divisible, register_backbone
 
 __all__ = ["UNOBackbone"]

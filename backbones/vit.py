@@ -20,8 +20,8 @@ from timm.layers import PatchEmbed, build_sincos2d_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ._layers import FiLM, stack_time, unstack_time
-from ._operator_blocks import film_tokens
+from physforecast.layers import FiLM, film_tokens, stack_time, unstack_time
+
 from .base import Backbone, Latent, check_divisible, register_backbone
 
 __all__ = ["ViTBackbone"]

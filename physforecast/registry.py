@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Registry", "RegistryEntry", "BACKBONES", "DATASETS", "METRICS"]
+__all__ = ["Registry", "RegistryEntry", "BACKBONES", "DATASETS", "METRICS", "SCORES"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +148,4 @@ def _annotated_return(factory: Callable[..., Any]) -> type | None:
 BACKBONES = Registry("backbone", populate="physforecast.backbones")
 DATASETS = Registry("dataset", populate="physforecast.datasets")
 METRICS = Registry("metric", populate="physforecast.metrics")
+SCORES = Registry("score", populate="physforecast.search.scores")

@@ -15,8 +15,8 @@ from physforecast.backbone_table import (
     format_backbone_table,
 )
 from physforecast.backbones import Backbone, Latent
-from physforecast.backbones._layers import stack_time, unstack_time
 from physforecast.backbones.base import check_divisible
+from physforecast.layers import stack_time, unstack_time
 from physforecast.registry import Registry
 
 

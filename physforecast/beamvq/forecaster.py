@@ -19,9 +19,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .beam import BeamResult, beam_search, self_ensemble
+from physforecast.search.beam import BeamResult, beam_search, self_ensemble
+from physforecast.search.scores import ScoreCombination, ScoreContext
+
 from .head import TopKVQHead
-from .scores import ScoreCombination, ScoreContext
 
 __all__ = ["BeamVQForecaster", "ContextFn"]
 

@@ -35,11 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 import physforecast as pf
 from physforecast import metrics as M
 from physforecast.config import Config, config_to_dict
+from physforecast.registry import SCORES
+from physforecast.search.critic import CriticFilter
+from physforecast.search.scores import PhysicsSpec, ScoreCombination, ScoreContext
 
-from .critic import CriticFilter
 from .forecaster import BeamVQForecaster
 from .head import TopKVQHead, head_loss
-from .scores import SCORES, PhysicsSpec, ScoreCombination, ScoreContext
 from .selftrain import self_train
 
 __all__ = [

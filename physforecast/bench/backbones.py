@@ -26,7 +26,7 @@ from torch import nn
 
 import physforecast as pf
 from physforecast.backbone_table import count_parameters
-from physforecast.backbones._layers import stack_time, unstack_time
+from physforecast.layers import stack_time, unstack_time
 
 __all__ = ["run", "ADAPTED"]
 

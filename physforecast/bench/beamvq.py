@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 import physforecast as pf
-from physforecast.beamvq.critic import CriticFilter
 from physforecast.beamvq.forecaster import BeamVQForecaster
 from physforecast.beamvq.head import TopKVQHead
 from physforecast.beamvq.pipeline import (
@@ -43,8 +42,9 @@ from physforecast.beamvq.pipeline import (
     head_loss_fn,
     run_self_training,
 )
-from physforecast.beamvq.scores import ScoreCombination
 from physforecast.config import Config, apply_overrides
+from physforecast.search.critic import CriticFilter
+from physforecast.search.scores import ScoreCombination
 
 __all__ = ["run", "Setup", "AUTHORS"]
 

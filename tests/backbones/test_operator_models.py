@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import physforecast as pf
-from physforecast.backbones._layers import stack_time, unstack_time
 from physforecast.backbones.ffno import FactorizedSpectralConv2d
 from physforecast.backbones.gnot import (
     GeometricMoEMlp,
@@ -16,6 +15,7 @@ from physforecast.backbones.gnot import (
     normalized_linear_attention,
 )
 from physforecast.backbones.lsm import NeuralSpectralBlock
+from physforecast.layers import stack_time, unstack_time
 
 H, W = 16, 24
 

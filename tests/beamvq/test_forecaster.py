@@ -8,10 +8,10 @@ import pytest
 import torch
 from beamvq_helpers import TinyBackbone
 
-from physforecast.beamvq.beam import self_ensemble
 from physforecast.beamvq.forecaster import BeamVQForecaster
 from physforecast.beamvq.head import TopKVQHead, head_loss
-from physforecast.beamvq.scores import ScoreCombination, ScoreContext
+from physforecast.search.beam import self_ensemble
+from physforecast.search.scores import ScoreCombination, ScoreContext
 
 
 def _head(seed: int = 0, mode: str = "latent") -> TopKVQHead:

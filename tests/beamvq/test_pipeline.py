@@ -165,7 +165,7 @@ def test_truth_residual_with_a_viscosity_per_sample():
     # evaluate_beamvq's residual when the viscosity comes from cond, one value per sample
     from physforecast import metrics as M
     from physforecast.beamvq.pipeline import _residual
-    from physforecast.beamvq.scores import PhysicsSpec, ScoreContext
+    from physforecast.search.scores import PhysicsSpec, ScoreContext
 
     gen = torch.Generator().manual_seed(0)
     hist = torch.randn(3, 2, 1, 16, 16, generator=gen)

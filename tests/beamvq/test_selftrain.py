@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from physforecast.beamvq.critic import CriticFilter
 from physforecast.beamvq.selftrain import MixedDataset, PseudoLabelDataset, self_train
+from physforecast.search.critic import CriticFilter
 
 
 class _Real(torch.utils.data.Dataset):

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from physforecast.beamvq.scores import SCORES, PhysicsSpec, ScoreCombination, ScoreContext
 from physforecast.metrics import ns_forcing
+from physforecast.registry import SCORES
+from physforecast.search.scores import PhysicsSpec, ScoreCombination, ScoreContext
 
 
 def fno_forcing(n: int) -> torch.Tensor:

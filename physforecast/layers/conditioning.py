@@ -1,11 +1,11 @@
-"""Blocks shared by several backbones. Model files import from here, never from each other."""
+"""Conditioning on physical parameters: FiLM on feature maps and on token sequences."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["FiLM", "stack_time", "unstack_time"]
+__all__ = ["FiLM", "film_tokens"]
 
 
 class FiLM(nn.Module):
@@ -39,13 +39,14 @@ class FiLM(nn.Module):
         return h * (1 + scale.reshape(shape)) + shift.reshape(shape)
 
 
-def stack_time(x: torch.Tensor) -> torch.Tensor:
-    """(B, T, C, H, W) -> (B, T*C, H, W)."""
-    b, t, c, h, w = x.shape
-    return x.reshape(b, t * c, h, w)
+def film_tokens(
+    film: nn.Module | None, tokens: torch.Tensor, cond: torch.Tensor | None
+) -> torch.Tensor:
+    """Apply a channel-wise :class:`~FiLM` to tokens (B, N, D).
 
-
-def unstack_time(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """(B, T*C, H, W) -> (B, T, C, H, W)."""
-    b, tc, h, w = x.shape
-    return x.reshape(b, steps, tc // steps, h, w)
+    ``FiLM`` modulates dim 1 of a (B, D, ...) map; tokens carry their channels last, so
+    they are transposed around the call. ``film=None`` or ``cond=None`` is the identity.
+    """
+    if film is None or cond is None:
+        return tokens
+    return film(tokens.transpose(1, 2), cond).transpose(1, 2)

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from physforecast.beamvq.beam import beam_search, self_ensemble
+from physforecast.search.beam import beam_search, self_ensemble
 
 K, STEPS, LB = 3, 3, 2
 A = torch.tensor([0.9, -0.5, 1.3])

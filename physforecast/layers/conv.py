@@ -1,6 +1,6 @@
-"""Convolutional blocks shared by the CNN backbones (ResNet, U-Net, SimVP, ConvLSTM, CNO).
+"""Convolutional blocks shared by the CNN backbones (ResNet, U-Net, SimVP, ConvLSTM, CNO) and
+the methods' heads.
 
-Private: model files import from here (and from ``_layers``), never from each other.
 Every block works on channel-first maps ``(B, C, H, W)`` of any ``H, W``.
 """
 
@@ -12,7 +12,7 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from ._layers import FiLM
+from .conditioning import FiLM
 
 __all__ = ["PADDING_MODES", "ResBlock", "check_padding_mode", "conv3x3", "group_norm"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from physforecast.beamvq.critic import ContextCritic, CriticFilter, fit_critic
-from physforecast.beamvq.scores import ScoreContext
+from physforecast.search.critic import ContextCritic, CriticFilter, fit_critic
+from physforecast.search.scores import ScoreContext
 
 PEN = torch.tensor(
     [

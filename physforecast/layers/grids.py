@@ -1,19 +1,17 @@
-"""Small helpers shared by the operator and transformer backbones (ffno, uno, lsm, gnot, vit).
-
-Private: model files import from here (or from ``_layers``), never from each other.
-"""
+"""Reshaping between the layouts models use: time stacked into channels, grids and tokens,
+and grid coordinates as extra channels."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 __all__ = [
     "append_coordinates",
-    "film_tokens",
     "grid_coordinates",
     "grid_to_tokens",
+    "stack_time",
     "tokens_to_grid",
+    "unstack_time",
 ]
 
 
@@ -57,14 +55,13 @@ def tokens_to_grid(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(b, d, height, width)
 
 
-def film_tokens(
-    film: nn.Module | None, tokens: torch.Tensor, cond: torch.Tensor | None
-) -> torch.Tensor:
-    """Apply a channel-wise :class:`~physforecast.backbones._layers.FiLM` to tokens (B, N, D).
+def stack_time(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, T*C, H, W)."""
+    b, t, c, h, w = x.shape
+    return x.reshape(b, t * c, h, w)
 
-    ``FiLM`` modulates dim 1 of a (B, D, ...) map; tokens carry their channels last, so
-    they are transposed around the call. ``film=None`` or ``cond=None`` is the identity.
-    """
-    if film is None or cond is None:
-        return tokens
-    return film(tokens.transpose(1, 2), cond).transpose(1, 2)
+
+def unstack_time(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B, T*C, H, W) -> (B, T, C, H, W)."""
+    b, tc, h, w = x.shape
+    return x.reshape(b, steps, tc // steps, h, w)

@@ -44,17 +44,15 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from physforecast import metrics as M
-from physforecast.registry import Registry
+from physforecast.registry import SCORES
 
 __all__ = [
-    "SCORES",
     "PhysicsSpec",
     "ScoreContext",
     "ScoreCombination",
     "register_score",
 ]
 
-SCORES = Registry("beamvq score")
 
 ScoreFn = Callable[[torch.Tensor, "ScoreContext"], torch.Tensor]
 
