@@ -13,6 +13,11 @@ from physforecast.config import Config, ConfigError, apply_overrides, load_confi
 
 __all__ = ["main", "build_parser"]
 
+#: Modules that add subcommands. Each has ``register(subparsers)``, which adds its parsers
+#: with ``set_defaults(func=handler)``; a handler imports what it needs when it runs, so
+#: building the parser stays cheap.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def _config_from_args(args: argparse.Namespace) -> Config:
     if args.resume:
@@ -219,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke version")
     p.add_argument("--report", help="also write the report to this file")
     p.set_defaults(func=_cmd_bench)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
