@@ -27,27 +27,25 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from physforecast.errors import DataFormatError
+
+from .layout import check_variables
+
 __all__ = [
-    "DataFormatError",
     "CANONICAL_DIMS",
     "SPATIAL_DIMS",
     "MASK_VARIABLE",
     "detect_dims",
     "canonicalize",
-    "check_variables",
     "check_time_monotonic",
     "check_not_all_nan",
-    "spatial_dims",
+    "present_spatial_dims",
     "valid_mask",
     "attach_valid_mask",
     "validate_fields",
     "latitude_weights",
     "simulation_dataset",
 ]
-
-
-class DataFormatError(ValueError):
-    """A file or dataset does not have the layout, dims or values that were expected."""
 
 
 #: Canonical dims, in the order variables are transposed to.
@@ -255,30 +253,6 @@ def canonicalize(
     return out
 
 
-def check_variables(
-    ds: xr.Dataset, variables: Iterable[str] | None, *, source: str = "dataset"
-) -> list[str]:
-    """The list of ``variables``, all present in ``ds`` (all data variables if None).
-
-    Raises
-    ------
-    DataFormatError
-        Naming the missing variables and listing the available ones.
-    """
-    available = [str(v) for v in ds.data_vars]
-    if variables is None:
-        return available
-    if isinstance(variables, str):
-        variables = [variables]
-    variables = list(variables)
-    missing = [v for v in variables if v not in ds.data_vars]
-    if missing:
-        raise DataFormatError(
-            f"{source}: variable(s) {missing} not found; available: {', '.join(available)}"
-        )
-    return variables
-
-
 def check_time_monotonic(ds: xr.Dataset | xr.DataArray, *, source: str = "dataset") -> None:
     """Raise :class:`DataFormatError` unless the ``time`` coordinate strictly increases."""
     t = np.asarray(ds["time"].values)
@@ -295,14 +269,18 @@ def check_time_monotonic(ds: xr.Dataset | xr.DataArray, *, source: str = "datase
         )
 
 
-def spatial_dims(obj: xr.Dataset | xr.DataArray) -> tuple[str, ...]:
-    """The canonical spatial dims present in ``obj``, in canonical order."""
+def present_spatial_dims(obj: xr.Dataset | xr.DataArray) -> tuple[str, ...]:
+    """The canonical spatial dims (:data:`SPATIAL_DIMS`, ``z`` included) present in ``obj``.
+
+    Unlike :func:`physforecast.data.layout.spatial_dims` (the two grid dims of a field), this
+    answers whether, and along which canonical dims, a variable spans space at all.
+    """
     return tuple(d for d in SPATIAL_DIMS if d in obj.dims)
 
 
 def _first_index(da: xr.DataArray) -> xr.DataArray:
     """The first slice along every non-spatial dim."""
-    keep = set(spatial_dims(da))
+    keep = set(present_spatial_dims(da))
     return da.isel({d: 0 for d in da.dims if d not in keep})
 
 
@@ -354,7 +332,7 @@ def valid_mask(
     [[[True, False]]]
     """
     if variables is None:
-        variables = [str(v) for v in ds.data_vars if v != MASK_VARIABLE and spatial_dims(ds[v])]
+        variables = [str(v) for v in ds.data_vars if v != MASK_VARIABLE and present_spatial_dims(ds[v])]
     variables = check_variables(ds, variables)
     if MASK_VARIABLE in ds.data_vars:
         stored = ds[MASK_VARIABLE]
@@ -419,7 +397,7 @@ def attach_valid_mask(
         If a variable is NaN everywhere.
     """
     if variables is None:
-        variables = [str(v) for v in ds.data_vars if spatial_dims(ds[v])]
+        variables = [str(v) for v in ds.data_vars if present_spatial_dims(ds[v])]
     variables = check_variables(ds, variables, source=source)
     check_not_all_nan(ds, variables, source=source)
     mask = valid_mask(ds, variables, first_only=first_only).compute()
@@ -458,7 +436,7 @@ def validate_fields(
     """
     if mask not in ("first", "full", "none"):
         raise ValueError(f"mask must be 'first', 'full' or 'none', got {mask!r}")
-    fields = [str(v) for v in ds.data_vars if spatial_dims(ds[v])]
+    fields = [str(v) for v in ds.data_vars if present_spatial_dims(ds[v])]
     check_not_all_nan(ds, fields, source=source)
     if mask != "none" and fields:
         ds = attach_valid_mask(

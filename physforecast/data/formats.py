@@ -31,8 +31,11 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from .cf import DataFormatError, canonicalize, check_variables, validate_fields
+from physforecast.errors import DataFormatError
+
+from .cf import canonicalize, validate_fields
 from .hdf5 import PDEBENCH_FIELDS, open_h5, open_pdebench, open_the_well
+from .layout import check_variables
 
 __all__ = [
     "DataFormatError",

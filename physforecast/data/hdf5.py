@@ -19,7 +19,10 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from .cf import DataFormatError, check_time_monotonic, check_variables, validate_fields
+from physforecast.errors import DataFormatError
+
+from .cf import check_time_monotonic, validate_fields
+from .layout import check_variables
 
 __all__ = ["open_pdebench", "open_the_well", "open_h5", "PDEBENCH_FIELDS"]
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
+from physforecast.atomic import atomic_write
 from physforecast.registry import DATASETS
 
 __all__ = ["open_dataset", "write_dataset", "cache_dir", "cached_simulation"]
@@ -42,21 +41,9 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".nc", ".nc4", ".netcdf", ".zarr"):
         raise ValueError(f"cannot tell the format of {str(path)!r}: use a .nc or .zarr suffix")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if suffix == ".zarr":
-            ds.to_zarr(tmp, mode="w")
-            if path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            os.replace(tmp, path)
-        else:
-            ds.to_netcdf(tmp, engine="netcdf4")
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    return path
+    if suffix == ".zarr":
+        return atomic_write(path, lambda tmp: ds.to_zarr(tmp, mode="w"))
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def cached_simulation(

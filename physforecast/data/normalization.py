@@ -1,4 +1,11 @@
-"""Per-variable normalization, fitted on the training split only and saved as JSON."""
+"""Z-score normalization of fields (per channel or per variable) and of physical parameters,
+fitted on the training split only and saved as JSON with the run.
+
+Statistics are held per *channel* of the :class:`~physforecast.data.layout.ChannelLayout`:
+with ``per="channel"`` (the default) every level of a multi-level variable gets its own
+mean and standard deviation, as weather models normalize per pressure level; with
+``per="variable"`` all levels of a variable share one, repeated over its channels.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +14,47 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-__all__ = ["Normalizer"]
+from physforecast.atomic import atomic_write_json
+
+from .layout import ChannelLayout
+
+__all__ = ["Normalizer", "NORMALIZE_PER"]
+
+#: What ``per`` may be: one statistic per channel, or one per variable shared by its levels.
+NORMALIZE_PER = ("channel", "variable")
 
 
 @dataclass
 class Normalizer:
-    """Z-score statistics of the forecast variables and the physical parameters.
+    """Z-score statistics of the forecast channels and the physical parameters.
 
-    Fields are normalized as ``(x - mean) / std`` per variable. A positive parameter
-    spanning more than a factor of 10 (viscosity, Rayleigh number) is normalized in
-    log10 space; a constant parameter maps to 0.
+    Fields are normalized as ``(x - mean) / std`` per channel. A positive parameter
+    spanning more than a factor of 10 (viscosity, Rayleigh number) is normalized in log10
+    space; a constant parameter maps to 0.
 
     Attributes
     ----------
     variables : list of str
-        Names of the C field variables, in channel order.
+        The forecast variables, in channel order.
     mean, std : list of float
-        Per-variable statistics, length C.
+        Per-channel statistics, length C.
     params : list of str
         Names of the P parameters, in ``cond`` order.
     param_mean, param_std : list of float
         Statistics of the (possibly log-transformed) parameters, length P.
     param_log : list of bool
         Whether each parameter is normalized in log10 space.
+    channels : list of str
+        The channel names (:attr:`ChannelLayout.channel_names`), length C; one per variable
+        when omitted.
+    per : {"channel", "variable"}
+        How the statistics were fitted.
     """
 
     variables: list[str]
@@ -44,32 +64,71 @@ class Normalizer:
     param_mean: list[float] = field(default_factory=list)
     param_std: list[float] = field(default_factory=list)
     param_log: list[bool] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)
+    per: str = "channel"
+
+    def __post_init__(self) -> None:
+        if not self.channels:  # one channel per variable (and files of older runs)
+            self.channels = list(self.variables)
+        if not (len(self.mean) == len(self.std) == len(self.channels)):
+            raise ValueError(
+                f"normalization has {len(self.mean)} means, {len(self.std)} stds and "
+                f"{len(self.channels)} channels; they must match"
+            )
+        if self.per not in NORMALIZE_PER:
+            raise ValueError(f"per must be one of {NORMALIZE_PER}, got {self.per!r}")
 
     # -- fitting ------------------------------------------------------------------
     @classmethod
     def fit(
         cls,
         ds: xr.Dataset,
-        variables: list[str],
+        layout: ChannelLayout | list[str],
         params: list[str] | None = None,
         *,
         selection: dict[str, object] | None = None,
+        per: str = "channel",
     ) -> Normalizer:
         """Fit the statistics on ``ds.isel(selection)`` (the training split).
+
+        Parameters
+        ----------
+        ds : xr.Dataset
+            The dataset.
+        layout : ChannelLayout or list of str
+            The channel layout (or the variables, to build it from ``ds``).
+        params : list of str, optional
+            Physical parameters to normalize.
+        selection : dict, optional
+            ``isel`` selection of the training split.
+        per : {"channel", "variable"}
+            One statistic per channel, or per variable shared by its levels.
 
         NaN points (masked land) are ignored. Only reductions are computed, so a
         dask-backed dataset is never loaded whole.
         """
+        if per not in NORMALIZE_PER:
+            raise ValueError(f"per must be one of {NORMALIZE_PER}, got {per!r}")
+        if not isinstance(layout, ChannelLayout):
+            layout = ChannelLayout.from_dataset(ds, list(layout))
         sub = ds.isel(selection) if selection else ds
-        mean, std = [], []
-        for name in variables:
+        mean: list[float] = []
+        std: list[float] = []
+        for name, extra, width in zip(layout.variables, layout.extra, layout.widths):
             da = sub[name]
-            m = float(da.mean(skipna=True))
-            s = float(da.std(skipna=True))
-            if not math.isfinite(m):
-                raise ValueError(f"variable {name!r} is all NaN in the training split")
-            mean.append(m)
-            std.append(s if s > 0 and math.isfinite(s) else 1.0)
+            keep = [d for d, _ in extra] if per == "channel" else []  # levels, in channel order
+            reduce = [d for d in da.dims if d not in keep]
+            m = np.asarray(da.mean(reduce, skipna=True).transpose(*keep).values, float).ravel()
+            s = np.asarray(da.std(reduce, skipna=True).transpose(*keep).values, float).ravel()
+            if m.size == 1:  # per variable: one statistic repeated over its channels
+                m, s = np.repeat(m, width), np.repeat(s, width)
+            if not np.isfinite(m).all():
+                raise ValueError(
+                    f"variable {name!r} is all NaN in the training split"
+                    + (" at some level" if m.size > 1 else "")
+                )
+            mean += [float(v) for v in m]
+            std += [float(v) if v > 0 and math.isfinite(v) else 1.0 for v in s]
         pm, ps, plog = [], [], []
         for name in params or []:
             values = np.asarray(sub[name].values, dtype=np.float64).ravel()
@@ -79,22 +138,39 @@ class Normalizer:
             s = float(v.std())
             ps.append(s if s > 0 else 1.0)
             plog.append(log)
-        return cls(list(variables), mean, std, list(params or []), pm, ps, plog)
+        return cls(
+            list(layout.variables),
+            mean,
+            std,
+            list(params or []),
+            pm,
+            ps,
+            plog,
+            channels=layout.channel_names,
+            per=per,
+        )
 
     # -- transforms ---------------------------------------------------------------
-    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
+    def channel_stats(self, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as tensors of shape (C, 1, 1), in ``like``'s dtype and device
+        (float64 on the CPU by default)."""
+        kw: dict[str, Any] = (
+            {"dtype": like.dtype, "device": like.device}
+            if like is not None
+            else {"dtype": torch.float64}
+        )
+        mean = torch.tensor(self.mean, **kw).reshape(-1, 1, 1)
+        std = torch.tensor(self.std, **kw).reshape(-1, 1, 1)
         return mean, std
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Fields (..., C, H, W) in physical units -> normalized."""
-        mean, std = self._stats(x)
+        mean, std = self.channel_stats(x)
         return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized fields (..., C, H, W) -> physical units."""
-        mean, std = self._stats(x)
+        mean, std = self.channel_stats(x)
         return x * std + mean
 
     def normalize_params(self, p: torch.Tensor) -> torch.Tensor:
@@ -107,11 +183,23 @@ class Normalizer:
         std = torch.tensor(self.param_std, dtype=p.dtype, device=p.device)
         return (p - mean) / std
 
+    def denormalize_params(self, c: torch.Tensor) -> torch.Tensor:
+        """Normalized ``cond`` (..., P) -> parameters in physical units."""
+        if not self.params:
+            return c
+        mean = torch.tensor(self.param_mean, dtype=c.dtype, device=c.device)
+        std = torch.tensor(self.param_std, dtype=c.dtype, device=c.device)
+        v = c * std + mean
+        log = torch.tensor(self.param_log, device=c.device)
+        return torch.where(log, torch.pow(10.0, v), v)
+
     # -- persistence --------------------------------------------------------------
-    def to_dict(self) -> dict[str, list]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all statistics."""
         return {
             "variables": self.variables,
+            "channels": self.channels,
+            "per": self.per,
             "mean": self.mean,
             "std": self.std,
             "params": self.params,
@@ -122,10 +210,7 @@ class Normalizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``normalization.json`` atomically."""
-        path = Path(path)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Normalizer:

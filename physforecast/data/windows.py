@@ -25,33 +25,10 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
+from .layout import ChannelLayout
 from .normalization import Normalizer
 
-__all__ = ["ForecastWindows", "split_indices", "spatial_dims", "check_variables", "worker_init"]
-
-_SPATIAL = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
-
-
-def spatial_dims(da: xr.DataArray) -> tuple[str, str]:
-    """The (row, column) spatial dims of a variable: its last two dims."""
-    if da.ndim < 3:
-        raise ValueError(f"variable {da.name!r} has dims {da.dims}; expected (..., time, <y>, <x>)")
-    return da.dims[-2], da.dims[-1]
-
-
-def check_variables(ds: xr.Dataset, variables: Sequence[str]) -> None:
-    """Raise a clear error when a variable is missing or lacks a time dim."""
-    fields = [n for n, v in ds.data_vars.items() if "time" in v.dims]
-    for name in variables:
-        if name not in ds.data_vars:
-            raise KeyError(
-                f"variable {name!r} not in dataset; available variables: {', '.join(fields) or 'none'}"
-            )
-        if "time" not in ds[name].dims:
-            raise ValueError(
-                f"variable {name!r} has dims {ds[name].dims}; a forecast variable needs a 'time' dim"
-            )
-
+__all__ = ["ForecastWindows", "split_indices", "worker_init"]
 
 def _check_time(ds: xr.Dataset, needed: int) -> None:
     if "time" not in ds.dims:
@@ -156,7 +133,7 @@ class ForecastWindows(Dataset):
             raise ValueError(
                 f"in_steps, out_steps and stride must be >= 1; got {in_steps}, {out_steps}, {stride}"
             )
-        check_variables(ds, variables)
+        self.layout = ChannelLayout.from_dataset(ds, variables)
         for name in params or []:
             if name not in ds.data_vars:
                 raise KeyError(
@@ -170,17 +147,12 @@ class ForecastWindows(Dataset):
         self.is_simulation = "trajectory" in ds.dims
         sub = ds.isel(self.selection) if self.selection else ds
         _check_time(sub, self.in_steps + self.out_steps)
-        self.spatial = spatial_dims(ds[self.variables[0]])
-        for name in self.variables[1:]:
-            if spatial_dims(ds[name]) != self.spatial:
-                raise ValueError(
-                    f"variable {name!r} is on grid {spatial_dims(ds[name])}, not {self.spatial}"
-                )
+        self.spatial = self.layout.spatial
         self.n_traj = sub.sizes["trajectory"] if self.is_simulation else 1
         self.n_time = sub.sizes["time"]
         span = self.in_steps + self.out_steps
         self.starts = np.arange(0, self.n_time - span + 1, self.stride)
-        self.shape = (sub.sizes[self.spatial[0]], sub.sizes[self.spatial[1]])
+        self.shape = self.layout.shape
         self._opener = opener or _default_opener(ds)
         self._ds: xr.Dataset | None = ds
         self.mask = self._static_mask(sub)
@@ -203,14 +175,7 @@ class ForecastWindows(Dataset):
 
     def _frames(self, sub: xr.Dataset) -> np.ndarray:
         """Stack the variables of ``sub`` (time, ..., H, W) into (time, C, H, W) float32."""
-        arrays = []
-        for name in self.variables:
-            da = sub[name]
-            other = [d for d in da.dims if d not in ("time", *self.spatial)]
-            da = da.transpose("time", *other, *self.spatial)
-            a = np.asarray(da.values, dtype=np.float32)
-            arrays.append(a.reshape(a.shape[0], -1, *self.shape))
-        return np.concatenate(arrays, axis=1)
+        return self.layout.stack(sub, ("time",))
 
     def _static_mask(self, sub: xr.Dataset) -> torch.Tensor:
         first = sub.isel(trajectory=0, time=[0]) if self.is_simulation else sub.isel(time=[0])

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from physforecast.atomic import atomic_write, atomic_write_json
 
 __all__ = ["scorecard_to_json", "write_scorecard", "format_scorecard"]
 
@@ -55,18 +54,6 @@ def scorecard_to_json(ds: xr.Dataset) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_scorecard(ds: xr.Dataset, run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``scorecard.nc`` and ``scorecard.json`` into ``run_dir`` atomically.
 
@@ -81,13 +68,8 @@ def write_scorecard(ds: xr.Dataset, run_dir: str | os.PathLike[str]) -> tuple[Pa
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     nc_path, json_path = run_dir / "scorecard.nc", run_dir / "scorecard.json"
-    text = json.dumps(scorecard_to_json(ds), indent=2)
-
-    def write_json(tmp: str) -> None:
-        Path(tmp).write_text(text + "\n")
-
-    _atomic_write(nc_path, lambda tmp: ds.to_netcdf(tmp))
-    _atomic_write(json_path, write_json)
+    atomic_write(nc_path, lambda tmp: ds.to_netcdf(tmp))
+    atomic_write_json(json_path, scorecard_to_json(ds))
     return nc_path, json_path
 
 

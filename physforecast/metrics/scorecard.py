@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .suites import SuiteItem, default_suite, field_names, resolve_suite, spatial_dims
+from physforecast.data.layout import spatial_dims
+
+from .suites import SuiteItem, default_suite, field_names, resolve_suite
 from .weather import latitude_weights
 
 __all__ = ["score"]

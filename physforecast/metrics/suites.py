@@ -7,13 +7,14 @@ A suite is a list of registered metric names (``"rmse"``), variant rows (``"csi_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import xarray as xr
 
+from physforecast.data.layout import spatial_dims
 from physforecast.registry import METRICS
 
 __all__ = [
@@ -63,7 +64,6 @@ SUITES: dict[str, list[str | Callable[..., Any] | tuple[str, Callable[..., Any]]
     "shallow_water": [*GENERIC_SUITE, "shallow_water_continuity_residual", "mass_drift"],
 }
 
-_SPATIAL_NAMES = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
 _MIN_SIZE = {"ssim": 11, "lsd": 4}
 
 
@@ -139,17 +139,6 @@ def _callable_meta(fn: Callable[..., Any]) -> dict[str, Any]:
     meta = {k: getattr(fn, k) for k in keys if hasattr(fn, k)}
     meta.setdefault("kind", "custom")
     return meta
-
-
-def spatial_dims(dims: Sequence[str], name: str) -> tuple[str, str]:
-    """The two spatial dims of a variable: (y, x), (latitude, longitude) or (lat, lon)."""
-    for pair in _SPATIAL_NAMES:
-        if all(d in dims for d in pair):
-            return pair
-    raise ValueError(
-        f"variable {name!r} has dims {tuple(dims)}; expected spatial dims (y, x), "
-        "(latitude, longitude) or (lat, lon)"
-    )
 
 
 def field_names(ds: xr.Dataset) -> list[str]:

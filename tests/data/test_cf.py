@@ -9,16 +9,16 @@ import pytest
 import xarray as xr
 
 from physforecast.data.cf import (
-    DataFormatError,
     attach_valid_mask,
     canonicalize,
     check_not_all_nan,
-    check_variables,
     detect_dims,
     latitude_weights,
     simulation_dataset,
     valid_mask,
 )
+from physforecast.data.layout import check_variables
+from physforecast.errors import DataFormatError
 
 
 def _coord(name, values, **attrs):

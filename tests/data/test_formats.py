@@ -11,7 +11,6 @@ import pytest
 import xarray as xr
 
 from physforecast.data import hdf5
-from physforecast.data.cf import DataFormatError
 from physforecast.data.formats import (
     open_any,
     open_cf,
@@ -20,6 +19,7 @@ from physforecast.data.formats import (
     open_weatherbench,
     sniff_format,
 )
+from physforecast.errors import DataFormatError
 
 RNG = np.random.default_rng(0)
 

@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 
 from physforecast.data import ForecastWindows, Normalizer, split_indices, write_dataset
+from physforecast.errors import DataFormatError
 
 
 def toy(n_traj=5, n_time=8, h=4, w=6):
@@ -82,7 +83,7 @@ def test_pickles_without_data_and_reopens(tmp_path):
 
 def test_bad_input_errors():
     ds = toy()
-    with pytest.raises(KeyError, match="'w' not in dataset; available variables: u, v"):
+    with pytest.raises(DataFormatError, match=r"variable\(s\) \['w'\] not found; available: u, v"):
         ForecastWindows(ds, ["w"], 2, 2)
     with pytest.raises(
         ValueError, match="need in_steps \\+ out_steps = 9 time steps; the dataset has 8"

@@ -312,7 +312,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="needs a 'sample' dim"):
         M.score(fc.rename(sample="case"), truth.rename(sample="case"))
     with pytest.raises(ValueError, match="spatial dims"):
-        M.score(fc.rename(x="col"), truth.rename(x="col"))
+        M.score(fc.rename(x="member"), truth.rename(x="member"))
     with pytest.raises(ValueError, match="differ from truth sizes"):
         M.score(fc, truth.isel(lead_time=slice(0, 2)))
     with pytest.raises(TypeError, match="suite entries"):
