@@ -2,26 +2,56 @@
 
 Train any of ten encoder-decoder backbones on xarray data, improve forecasts with
 BeamVQ, and score every result with physics-aware metrics.
+
+Importing the package is light: it registers the ``.physforecast`` xarray accessor and
+imports torch only when a name that needs it is first used (``physforecast.load``,
+``physforecast.rollout``...).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .registry import BACKBONES, DATASETS, METRICS, Registry
+from . import accessor  # noqa: F401  (registers the .physforecast accessor on xarray objects)
+from .registry import BACKBONES, DATASETS, METHODS, METRICS, Registry
 
 __version__ = "0.1.0"
+
+#: Public names imported on first use: name -> module that defines it.
+_LAZY = {
+    "Forecaster": "physforecast.forecast.forecaster",
+    "load": "physforecast.forecast.forecaster",
+    "predict": "physforecast.forecast.rollout",
+    "rollout": "physforecast.forecast.rollout",
+    "RunDir": "physforecast.run_dir",
+}
 
 __all__ = [
     "__version__",
     "Registry",
     "BACKBONES",
     "DATASETS",
+    "METHODS",
     "METRICS",
     "create_backbone",
     "list_backbones",
     "list_datasets",
+    "list_methods",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'physforecast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def create_backbone(
@@ -80,9 +110,6 @@ def list_datasets(filter: str | None = None) -> list[str]:
     return DATASETS.names(filter)
 
 
-# Forecasting API and the ``.physforecast`` xarray accessor (registered on import).
-from . import accessor  # noqa: E402, F401
-from .api import Forecaster, load  # noqa: E402
-from .rollout import predict, rollout  # noqa: E402
-
-__all__ += ["Forecaster", "load", "predict", "rollout"]
+def list_methods(filter: str | None = None) -> list[str]:
+    """Names of the registered training methods (``supervised``, ``beamvq``...)."""
+    return METHODS.names(filter)

@@ -7,8 +7,8 @@ can also be done without it:
 =========================  ====================================================
 ``.windows(...)``          :class:`physforecast.data.ForecastWindows`
 ``.forecast(model, n)``    :func:`physforecast.predict` / :func:`physforecast.rollout`
-``.score(truth)``          :func:`physforecast.api.verify` (-> ``metrics.score``)
-``.spectrum()``            :func:`physforecast.api.spectrum`
+``.score(truth)``          :func:`physforecast.metrics.verify` (-> ``metrics.score``)
+``.spectrum()``            :func:`physforecast.metrics.spectrum`
 ``.plot_forecast(truth)``  :func:`physforecast.plots.plot_forecast_panel`
 =========================  ====================================================
 
@@ -34,8 +34,8 @@ import xarray as xr
 if TYPE_CHECKING:
     import matplotlib.figure
 
-    from physforecast.api import Forecaster
     from physforecast.data.windows import ForecastWindows
+    from physforecast.forecast import Forecaster
 
 __all__ = ["PhysforecastDatasetAccessor", "PhysforecastDataArrayAccessor"]
 
@@ -47,9 +47,9 @@ class _PhysforecastAccessor:
         self._obj = obj
 
     def _dataset(self) -> xr.Dataset:
-        from physforecast.api import _to_dataset
+        from physforecast.metrics.verify import to_dataset
 
-        return _to_dataset(self._obj)
+        return to_dataset(self._obj)
 
     def windows(
         self,
@@ -75,11 +75,11 @@ class _PhysforecastAccessor:
         ForecastWindows
             A torch ``Dataset`` of dict samples ``x (T_in, C, H, W)``, ``y (T_out, C, H, W)``.
         """
+        from physforecast.data.layout import forecast_variables
         from physforecast.data.windows import ForecastWindows
-        from physforecast.training.run import infer_variables
 
         ds = self._dataset()
-        names = list(variables) if variables is not None else infer_variables(ds)
+        names = list(variables) if variables is not None else forecast_variables(ds)
         return ForecastWindows(ds, names, in_steps, out_steps, **kwargs)
 
     def forecast(
@@ -103,7 +103,7 @@ class _PhysforecastAccessor:
         xr.Dataset
             The forecast (sample | init_time, lead_time, y, x) in physical units.
         """
-        from physforecast.rollout import predict, rollout
+        from physforecast.forecast.rollout import predict, rollout
 
         if steps is None:
             return predict(model, self._obj, **kwargs)
@@ -117,10 +117,10 @@ class _PhysforecastAccessor:
     ) -> xr.Dataset:
         """Score this forecast against ``truth`` (forecast layout, or the source dataset).
 
-        See :func:`physforecast.api.verify`; ``suite`` and ``**kwargs`` go to
+        See :func:`physforecast.metrics.verify`; ``suite`` and ``**kwargs`` go to
         :func:`physforecast.metrics.score`.
         """
-        from physforecast.api import verify
+        from physforecast.metrics.verify import verify
 
         return verify(self._obj, truth, suite, **kwargs)
 
@@ -133,7 +133,7 @@ class _PhysforecastAccessor:
         (``variable``, ``sample``, ``leads``, ``lead_times``) go to
         :func:`physforecast.plots.plot_forecast_panel`.
         """
-        from physforecast.api import match_truth
+        from physforecast.metrics.verify import match_truth
         from physforecast.plots import plot_forecast_panel
 
         forecast = self._dataset()
@@ -146,9 +146,9 @@ class PhysforecastDatasetAccessor(_PhysforecastAccessor):
 
     def spectrum(self, variable: str | None = None, *, reduction: str = "mean") -> xr.DataArray:
         """Radially averaged power spectrum of ``variable`` (the only field by default),
-        lazily; see :func:`physforecast.api.spectrum`. Dims: the field's others plus
+        lazily; see :func:`physforecast.metrics.spectrum`. Dims: the field's others plus
         ``wavenumber``."""
-        from physforecast.api import spectrum
+        from physforecast.metrics.verify import spectrum
 
         return spectrum(self._obj, variable, reduction=reduction)
 
@@ -159,7 +159,7 @@ class PhysforecastDataArrayAccessor(_PhysforecastAccessor):
 
     def spectrum(self, *, reduction: str = "mean") -> xr.DataArray:
         """Radially averaged power spectrum of every frame, lazily; see
-        :func:`physforecast.api.spectrum`. Dims: the others plus ``wavenumber``."""
-        from physforecast.api import spectrum
+        :func:`physforecast.metrics.spectrum`. Dims: the others plus ``wavenumber``."""
+        from physforecast.metrics.verify import spectrum
 
         return spectrum(self._obj, reduction=reduction)

@@ -1,8 +1,9 @@
 """Atomic writes: every file the package writes goes through a temporary file beside its
 target and ``os.replace``, so a reader (or a crash) never sees half a file.
 
-The temporary name is ``.NAME.<hex>.tmp`` in the target's directory (the same file system,
-so the rename is atomic); it is removed when writing fails.
+The temporary name is ``.STEM.<hex>.tmp.SUFFIX`` in the target's directory (the same file
+system, so the rename is atomic; the suffix kept for writers that read the format from it);
+it is removed when writing fails.
 
 Examples
 --------
@@ -27,9 +28,9 @@ __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "temporary_
 
 
 def temporary_path(path: str | os.PathLike) -> Path:
-    """A fresh temporary name beside ``path``: ``.NAME.<hex>.tmp``."""
+    """A fresh temporary name beside ``path``: ``.STEM.<hex>.tmp.SUFFIX``."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def _remove(path: Path) -> None:

@@ -9,7 +9,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from physforecast.config import Config, ConfigError, apply_overrides, load_config
+from physforecast.config import Config, apply_overrides, load_config
+from physforecast.errors import ConfigError, PhysforecastError
 
 __all__ = ["main", "build_parser"]
 
@@ -21,10 +22,10 @@ COMMAND_MODULES: tuple[str, ...] = ()
 
 def _config_from_args(args: argparse.Namespace) -> Config:
     if args.resume:
-        from physforecast.training.run import load_run_config
+        from physforecast.run_dir import RunDir
 
         # continue the saved run; flags given now (--epochs, --set) change it
-        cfg = load_run_config(args.resume)
+        cfg = RunDir(args.resume).read_config()
     else:
         cfg = load_config(args.config) if args.config else Config()
     overrides = list(args.set or [])
@@ -43,9 +44,8 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     if args.resume:
         cfg.out = str(args.resume)
     elif args.out is None and not args.config:
-        cfg.out = f"runs/{Path(str(cfg.data.dataset)).stem}-{cfg.model.backbone}" + (
-            "-beamvq" if cfg.method == "beamvq" else ""
-        )
+        suffix = "" if cfg.method == Config().method else f"-{cfg.method}"
+        cfg.out = f"runs/{Path(str(cfg.data.dataset)).stem}-{cfg.model.backbone}{suffix}"
     return cfg
 
 
@@ -68,10 +68,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
     import physforecast as pf
-    from physforecast.api import truth_for
     from physforecast.data.io import open_dataset, write_dataset
+    from physforecast.forecast.rollout import RolloutBlowupError
+    from physforecast.metrics.verify import truth_for
     from physforecast.plots import save_forecast_plots
-    from physforecast.rollout import RolloutBlowupError
 
     forecaster = pf.load(args.run_dir, args.checkpoint)
     ds = open_dataset(args.input)
@@ -95,17 +95,21 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import physforecast as pf
-    from physforecast.registry import DATASETS, METRICS
+    from physforecast.registry import DATASETS, METHODS, METRICS
 
     if args.what == "backbones":
         from physforecast.backbone_table import backbone_table, format_backbone_table
 
         print(format_backbone_table(backbone_table()))
     elif args.what == "datasets":
-        for name in pf.list_datasets():
+        for name in DATASETS.names():
             meta = DATASETS.entry(name).meta
             print(f"{name:20s} {meta.get('kind', ''):10s} {meta.get('description', '')}")
+    elif args.what == "methods":
+        for name in METHODS.names():
+            meta = METHODS.entry(name).meta
+            section = f"--set {name}.<key>=..." if meta.get("config") else ""
+            print(f"{name:14s} {meta.get('description', ''):64s} {section}")
     else:
         for name in METRICS.names():
             meta = METRICS.entry(name).meta
@@ -151,6 +155,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _MethodNames:
+    """The registered methods as argparse ``choices``, looked up only when a ``--method`` is
+    checked or ``train --help`` shown (so building the parser imports no method)."""
+
+    def _names(self) -> list[str]:
+        from physforecast.registry import METHODS
+
+        return METHODS.names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``physforecast`` command."""
     parser = argparse.ArgumentParser(
@@ -163,12 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="registered dataset name or a file path")
     p.add_argument("--variables", help="comma-separated variables to forecast")
     p.add_argument("--backbone", help="backbone name (physforecast list backbones)")
-    p.add_argument("--method", choices=["supervised", "beamvq"], help="training method")
+    p.add_argument(
+        "--method",
+        choices=_MethodNames(),
+        metavar="METHOD",
+        help="training method (physforecast list methods; default supervised)",
+    )
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--out", help="run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument(
-        "--set", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. train.lr=3e-4"
+        "--set",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. train.lr=3e-4 (repeat the flag or list several)",
     )
     p.set_defaults(func=_cmd_train)
 
@@ -205,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_forecast)
 
-    p = sub.add_parser("list", help="list backbones, datasets or metrics")
-    p.add_argument("what", choices=["backbones", "datasets", "metrics"])
+    p = sub.add_parser("list", help="list backbones, datasets, methods or metrics")
+    p.add_argument("what", choices=["backbones", "datasets", "methods", "metrics"])
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser(
@@ -215,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--out", required=True, help="output path ending in .nc or .zarr")
     p.add_argument(
-        "--set", nargs="*", metavar="KEY=VALUE", help="simulator options, e.g. n_trajectories=8"
+        "--set",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="simulator options, e.g. n_trajectories=8 (repeat the flag or list several)",
     )
     p.set_defaults(func=_cmd_generate)
 
@@ -235,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
+    except (PhysforecastError, KeyError, ValueError, FileNotFoundError) as err:
         print(f"physforecast: error: {err}", file=sys.stderr)
         return 2
 

@@ -25,12 +25,14 @@ from typing import Any
 
 import yaml
 
+from physforecast.errors import ConfigError
+from physforecast.registry import METHODS
+
 __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
-    "BeamVQConfig",
     "Config",
     "load_config",
     "save_config",
@@ -38,10 +40,6 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is not valid."""
 
 
 @dataclass
@@ -71,6 +69,9 @@ class DataConfig:
     in_memory_mb : float
         A dataset at most this large (in MB) is read into memory once; a larger one
         stays lazy and each window reads only its own frames.
+    normalize : str
+        ``channel``: a mean and std per channel (each level of a variable on its own);
+        ``variable``: one per variable, shared by its levels.
     """
 
     dataset: str = "ns2d"
@@ -84,6 +85,7 @@ class DataConfig:
     params: list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     in_memory_mb: float = 256.0
+    normalize: str = "channel"
 
 
 @dataclass
@@ -102,10 +104,20 @@ class TrainConfig:
     ----------
     epochs : int
         Passes over the training windows.
+    optimizer : str
+        Optimizer name for timm's ``create_optimizer_v2`` (``adamw``, ``adam``, ``sgd``,
+        ``lamb``...).
     lr, weight_decay : float
-        AdamW learning rate and decoupled weight decay.
+        Learning rate and (decoupled) weight decay; biases and norms are not decayed.
+    schedule : str
+        ``cosine`` (linear warmup, then cosine decay to 1 % of ``lr``) or ``constant``.
     warmup_frac : float
         Fraction of all steps spent in linear warmup before the cosine decay.
+    accumulate : int
+        Micro-batches whose gradients are accumulated into one optimizer step.
+    ema : float
+        Decay of an exponential moving average of the weights used for validation and
+        inference (e.g. 0.999); 0 disables it.
     grad_clip : float
         Max global gradient norm; 0 disables clipping.
     precision : str
@@ -121,9 +133,13 @@ class TrainConfig:
     """
 
     epochs: int = 10
+    optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    schedule: str = "cosine"
     warmup_frac: float = 0.05
+    accumulate: int = 1
+    ema: float = 0.0
     grad_clip: float = 1.0
     precision: str = "fp32"
     patience: int = 0
@@ -133,74 +149,50 @@ class TrainConfig:
 
 
 @dataclass
-class BeamVQConfig:
-    """BeamVQ: top-K VQ head, beam search and physics-filtered self-training.
-
-    Attributes
-    ----------
-    mode : str
-        ``output`` (encode the backbone's forecast, as the authors' code) or ``latent``
-        (quantize the backbone's own ``encode()`` latent).
-    num_codes, code_dim : int
-        Code bank size and code dimension.
-    top_k : int
-        Candidates per forecast (K nearest codes).
-    width : int
-        Beam width W.
-    temperature : float
-        Sampling temperature over code distances; 0 keeps the K nearest.
-    rounds : int
-        Self-training rounds R.
-    epochs_per_round : int
-        Training epochs after each round's pseudo-labels are added.
-    keep_quantile : float
-        Fraction of scored candidates kept as pseudo-labels.
-    mix_ratio : float
-        Pseudo-labelled windows per real window in the training mix.
-    scores : dict
-        Score name -> weight, combined into one ranking score.
-    ensemble : int
-        Members of the top-m self-ensemble at evaluation.
-    commitment : float
-        Commitment-loss weight.
-    decay : float
-        EMA decay of the code bank.
-    head_epochs : int, optional
-        Epochs of backbone + head training before self-training; ``max(1, epochs // 5)``
-        when omitted.
-    head : dict
-        Extra :class:`~physforecast.beamvq.head.TopKVQHead` options (``hidden``,
-        ``prop_hidden``, ``prop_depth``, ``downsample``, ``residual``...).
-    """
-
-    mode: str = "output"
-    num_codes: int = 512
-    code_dim: int = 64
-    top_k: int = 10
-    width: int = 3
-    temperature: float = 0.0
-    rounds: int = 2
-    epochs_per_round: int = 2
-    keep_quantile: float = 0.5
-    mix_ratio: float = 0.5
-    scores: dict[str, float] = field(default_factory=lambda: {"rmse": 1.0})
-    ensemble: int = 1
-    commitment: float = 0.25
-    decay: float = 0.99
-    head_epochs: int | None = None
-    head: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class Config:
-    """A whole run: data, model, training, method and where to write."""
+    """A whole run: data, model, training, method and where to write.
+
+    Each method with options has its own section, named after the method (``beamvq``) and
+    typed by the dataclass its :data:`~physforecast.registry.METHODS` entry names as
+    ``config``. ``cfg.beamvq`` is that section, with its defaults until set.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: str = "supervised"
-    beamvq: BeamVQConfig = field(default_factory=BeamVQConfig)
     out: str = "runs/default"
+    sections: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def section(self, name: str) -> Any:
+        """The config section of method ``name``: the one set, or its defaults."""
+        if name not in self.sections:
+            cls = method_section(name)
+            if cls is None:
+                raise ConfigError(f"method {name!r} has no config section")
+            self.sections[name] = cls()
+        return self.sections[name]
+
+    def __getattr__(self, name: str) -> Any:
+        # reached only for names that are not fields: a method's section (cfg.beamvq)
+        if name.startswith("_") or name == "sections" or method_section(name) is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.section(name)
+
+
+_FIXED = ("data", "model", "train", "method", "out")
+
+
+def method_section(name: str) -> type | None:
+    """The config dataclass of the method registered as ``name`` (None: no such method, or
+    a method without options)."""
+    if name not in METHODS:
+        return None
+    return METHODS.entry(name).meta.get("config")
+
+
+def _section_names() -> list[str]:
+    return [n for n in METHODS.names() if METHODS.entry(n).meta.get("config") is not None]
 
 
 # --------------------------------------------------------------------------------------
@@ -263,22 +255,42 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+def _fields(cls: type) -> tuple[list[str], dict[str, Any]]:
+    """The keys of a config class and their types; for :class:`Config`, the method
+    sections count as keys (typed by their dataclasses)."""
+    hints = typing.get_type_hints(cls)
+    if cls is Config:
+        sections = _section_names()
+        types_ = {**{k: hints[k] for k in _FIXED}, **{n: method_section(n) for n in sections}}
+        return [*_FIXED, *sections], types_
+    return [f.name for f in dataclasses.fields(cls)], hints
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    names, hints = _fields(cls)
+    kwargs, sections = {}, {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}.{_suggest(key, names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{path}.")
+            built = _build(tp, value, f"{path}.")
+            (kwargs if key in _FIXED or cls is not Config else sections)[key] = built
         else:
             kwargs[key] = _check_type(value, tp, path)
-    return cls(**kwargs)
+    if cls is not Config:
+        return cls(**kwargs)
+    cfg = Config(**kwargs, sections=sections)
+    if cfg.method not in METHODS:
+        methods = METHODS.names()
+        raise ConfigError(
+            f"unknown method {cfg.method!r}.{_suggest(cfg.method, methods)} "
+            f"Registered methods: {', '.join(methods)}"
+        )
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -287,8 +299,19 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a config (JSON and YAML safe)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict of a config (JSON and YAML safe); a :class:`Config` includes the
+    sections it holds and that of its method."""
+    if not isinstance(cfg, Config):
+        return dataclasses.asdict(cfg)
+    out = {
+        name: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+        for name, v in ((n, getattr(cfg, n)) for n in _FIXED)
+    }
+    if method_section(cfg.method) is not None:
+        cfg.section(cfg.method)
+    for name, section in cfg.sections.items():
+        out[name] = dataclasses.asdict(section)
+    return out
 
 
 def load_config(path: str | Path) -> Config:
@@ -310,6 +333,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Return a copy of ``cfg`` with dotted ``key.path=value`` overrides applied.
 
     Values are parsed as YAML (``3``, ``1e-3``, ``true``, ``[a, b]``, ``{nu: 1e-3}``).
+    A method's section may be set before (or without) choosing the method
+    (``beamvq.top_k=4``).
     Keys inside a free-form ``options`` mapping may be new; elsewhere an unknown key
     is an error that suggests the closest valid one.
     """
@@ -325,11 +350,13 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             path = ".".join(parts[: depth + 1])
             last = depth == len(parts) - 1
             if cls is not None:
-                names = [f.name for f in dataclasses.fields(cls)]
+                names, hints = _fields(cls)
                 if part not in names:
                     raise ConfigError(f"unknown config key {path!r}.{_suggest(part, names)}")
-                tp = typing.get_type_hints(cls)[part]
+                tp = hints[part]
                 cls = tp if dataclasses.is_dataclass(tp) else None
+                if cls is not None and part not in node:  # a method section not set yet
+                    node[part] = dataclasses.asdict(cls())
             if last:
                 node[part] = value
             else:

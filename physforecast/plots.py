@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+from physforecast.atomic import atomic_write
+from physforecast.metrics.verify import spectrum
 
 __all__ = [
     "plot_forecast_panel",
@@ -29,14 +30,11 @@ __all__ = [
 ]
 
 
-def save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Save ``fig`` as PNG atomically and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    )
 
 
 def plot_forecast_panel(
@@ -47,7 +45,7 @@ def plot_forecast_panel(
     sample: int = 0,
     leads: list[int] | None = None,
     lead_times: list[int] | None = None,
-) -> plt.Figure:
+) -> Figure:
     """Truth, forecast and error side by side for a few lead times.
 
     Parameters
@@ -80,7 +78,8 @@ def plot_forecast_panel(
         have = np.flatnonzero(np.isfinite(t.values).reshape(n, -1).any(1))
         have = have if have.size else np.arange(n)
         leads = sorted({int(have[0]), int(have[len(have) // 2]), int(have[-1])})
-    fig, axes = plt.subplots(3, len(leads), figsize=(3.2 * len(leads), 8.4), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(leads), 8.4))
+    axes = fig.subplots(3, len(leads), squeeze=False)
     vmin, vmax = float(np.nanmin(t.values)), float(np.nanmax(t.values))
     err = (f - t).values
     emax = float(np.nanmax(np.abs(err))) or 1.0
@@ -140,11 +139,12 @@ def _lead_positions(forecast: xr.Dataset, lead_times: list[int]) -> list[int]:
     return [values.index(v) for v in lead_times]
 
 
-def plot_metric_vs_lead(scorecard: xr.Dataset, metrics: list[str] | None = None) -> plt.Figure:
+def plot_metric_vs_lead(scorecard: xr.Dataset, metrics: list[str] | None = None) -> Figure:
     """Metric value against lead time, one line per variable, a panel per metric."""
     names = list(scorecard["metric"].values)
     metrics = [m for m in (metrics or ["rmse", "nrmse"]) if m in names] or names[:2]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(metrics), 3.4))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     leads = scorecard["lead_time"].values
     for ax, metric in zip(axes[0], metrics):
         for var in scorecard["variable"].values:
@@ -164,8 +164,6 @@ def plot_metric_vs_lead(scorecard: xr.Dataset, metrics: list[str] | None = None)
 
 def _mean_spectrum(da: xr.DataArray) -> xr.DataArray:
     """Power spectrum averaged over everything but lead_time: (lead_time, wavenumber)."""
-    from physforecast.api import spectrum
-
     spec = spectrum(da)
     return spec.mean([d for d in spec.dims if d not in ("lead_time", "wavenumber")]).compute()
 
@@ -177,7 +175,7 @@ def plot_spectra(
     *,
     leads: list[int] | None = None,
     lead_times: list[int] | None = None,
-) -> plt.Figure:
+) -> Figure:
     """Radially averaged power spectra of forecast (solid) and truth (dashed), log-log.
 
     Averaged over samples (and levels); one colour per lead time. A forecast that
@@ -207,8 +205,9 @@ def plot_spectra(
     spec_f = _mean_spectrum(forecast[variable])
     spec_t = _mean_spectrum(truth[variable]) if truth is not None else None
     k = spec_f["wavenumber"].values[1:]
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(leads)))
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(leads)))
     for color, lead in zip(colors, leads):
         label = int(forecast["lead_time"].values[lead])
         ax.loglog(k, spec_f.values[lead, 1:], color=color, label=f"forecast, lead {label}")
@@ -272,7 +271,8 @@ def animate_rollout(
     emax = float(np.nanmax(np.abs(panels[-1][1]))) if truth is not None else 1.0
     emax = emax if np.isfinite(emax) and emax > 0 else 1.0
     leads = forecast["lead_time"].values
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(panels), 3.3))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     images = []
     for ax, (name, data) in zip(axes[0], panels):
         kw = (
@@ -285,9 +285,8 @@ def animate_rollout(
         ax.set_xticks([])
         ax.set_yticks([])
     title = fig.suptitle("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.gif")
-    try:
+
+    def write(tmp: Path) -> None:
         writer = PillowWriter(fps=fps)
         with writer.saving(fig, str(tmp), dpi):
             for i, lead in enumerate(leads):
@@ -295,12 +294,8 @@ def animate_rollout(
                     image.set_data(data[i])
                 title.set_text(f"{variable}, sample {sample}: lead {int(lead)}")
                 writer.grab_frame()
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)
 
 
 def save_forecast_plots(
@@ -332,7 +327,6 @@ def save_forecast_plots(
         figures["error_vs_lead"] = plot_metric_vs_lead(scorecard)
     for name, fig in figures.items():
         written[name] = save_figure(fig, out_dir / f"{prefix}_{name}.png")
-        plt.close(fig)
     written["animation"] = animate_rollout(
         forecast, out_dir / f"{prefix}.gif", truth, variable, sample=sample
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Registry", "RegistryEntry", "BACKBONES", "DATASETS", "METRICS", "SCORES"]
+__all__ = ["Registry", "RegistryEntry", "BACKBONES", "DATASETS", "METRICS", "SCORES", "METHODS"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Registry:
     ----------
     kind : str
         What the registry holds ("backbone", "dataset", "metric"); used in messages.
-    populate : str, optional
-        A module to import before the first lookup, so that its entries register
+    populate : str or tuple of str, optional
+        Modules to import before the first lookup, so that their entries register
         themselves (``"physforecast.backbones"``). Importing is lazy to keep
         ``import physforecast`` cheap.
 
@@ -51,14 +51,14 @@ class Registry:
     6
     """
 
-    def __init__(self, kind: str, populate: str | None = None) -> None:
+    def __init__(self, kind: str, populate: str | tuple[str, ...] | None = None) -> None:
         self.kind = kind
-        self._populate = populate
+        self._populate = (populate,) if isinstance(populate, str) else tuple(populate or ())
         self._entries: dict[str, RegistryEntry] = {}
 
     def _ensure_populated(self) -> None:
-        if self._populate is not None:
-            module, self._populate = self._populate, None
+        modules, self._populate = self._populate, ()
+        for module in modules:
             importlib.import_module(module)
 
     def register(
@@ -149,3 +149,6 @@ BACKBONES = Registry("backbone", populate="physforecast.backbones")
 DATASETS = Registry("dataset", populate="physforecast.datasets")
 METRICS = Registry("metric", populate="physforecast.metrics")
 SCORES = Registry("score", populate="physforecast.search.scores")
+#: Training methods (``supervised``, ``beamvq``...): each entry is a class implementing
+#: :class:`physforecast.methods.Method`; its ``config`` metadata is its config section.
+METHODS = Registry("method", populate=("physforecast.methods", "physforecast.beamvq.method"))

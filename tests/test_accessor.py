@@ -13,11 +13,11 @@ import xskillscore as xs
 from torch import nn
 
 import physforecast as pf
-from physforecast.api import Forecaster, truth_for
 from physforecast.data.io import write_dataset
 from physforecast.data.normalization import Normalizer
 from physforecast.data.windows import ForecastWindows
-from physforecast.metrics import power_spectrum, score, write_scorecard
+from physforecast.forecast import Forecaster
+from physforecast.metrics import power_spectrum, score, truth_for, write_scorecard
 
 
 class _CountingScheduler:

@@ -15,9 +15,10 @@ import xarray as xr
 from torch import nn
 
 import physforecast as pf
-from physforecast.api import Forecaster, truth_for
 from physforecast.data.normalization import Normalizer
-from physforecast.rollout import RolloutBlowupError
+from physforecast.forecast import Forecaster
+from physforecast.forecast.rollout import RolloutBlowupError
+from physforecast.metrics import truth_for, verify
 
 
 class LinearExtrapolation(nn.Module):
@@ -244,7 +245,7 @@ def test_reanalysis_layout_init_times_and_levels():
     truth = truth_for(out, ds)
     np.testing.assert_allclose(truth["z"].values[0, 0], ds["z"].values[2])
     with pytest.warns(UserWarning, match="ends before lead time 4"):
-        card = pf.api.verify(pf.rollout(fc, ds, 4, init=[1, 2]), ds, ["rmse"])
+        card = verify(pf.rollout(fc, ds, 4, init=[1, 2]), ds, ["rmse"])
     assert np.isfinite(card["score"].values[0, :3]).all()
     assert np.isnan(card["score"].values[0, 3]).all()
 
@@ -287,8 +288,8 @@ def test_clear_errors_on_bad_input():
 def test_load_and_predict_match_the_evaluation_path(tiny_run):
     """predict on the test trajectories = forecast_windows (what evaluate_run scores),
     and truth_for = the windows' truth."""
-    from physforecast.rollout import forecast_windows
-    from physforecast.training.run import prepare
+    from physforecast.data.prepare import prepare_data as prepare
+    from physforecast.forecast import forecast_windows
 
     fc = pf.load(tiny_run)
     assert fc.variables == ["vorticity"] and fc.in_steps == 2 and fc.out_steps == 2
@@ -311,9 +312,9 @@ def test_load_and_predict_match_the_evaluation_path(tiny_run):
 def test_load_reads_the_grid_from_data_json_and_checks_files(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    (run / "data.json").write_text(
-        json.dumps({"spatial_dims": ["y", "x"], "shape": [16, 16], "variables": ["vorticity"]})
-    )
+    # the flat data.json of a run written before channel layouts
+    old = {"spatial_dims": ["y", "x"], "shape": [16, 16], "variables": ["vorticity"]}
+    (run / "data.json").write_text(json.dumps({**old, "in_steps": 2, "out_steps": 2}))
     assert pf.load(run).grid == {"y": 16, "x": 16}
     with pytest.raises(FileNotFoundError, match=r"no checkpoint 'final'.*found \['best', 'last'\]"):
         pf.load(run, "final")

@@ -3,8 +3,9 @@ self-training on the candidates that physics-aware scores rank best.
 
 Parts: :mod:`.codebank` (state and quantizer), :mod:`.head` (top-K VQ head, output and
 latent modes), :mod:`.candidates`, :mod:`.selftrain` (the self-training loop),
-:mod:`.forecaster` (beam-searched, self-ensembled forecasts) and :mod:`.pipeline`
-(``physforecast train --method beamvq``). Beam search, scores and the critic are shared
+:mod:`.forecaster` (beam-searched, self-ensembled forecasts), :mod:`.context` (the run's
+physics in the model's buffers), :mod:`.evaluation` (backbone vs top-1 vs BeamVQ) and
+:mod:`.method` (the registered method ``beamvq``: ``physforecast train --method beamvq``). Beam search, scores and the critic are shared
 with other methods and live in :mod:`physforecast.search`.
 """
 

@@ -2,7 +2,9 @@
 
 :class:`CodeBank` owns the buffers (``embed``, ``cluster_size``, ``embed_avg``), the
 EMA codebook update, optional k-means initialisation, dead-code restart from the current
-batch, usage/perplexity statistics and the top-K nearest-code retrieval. Distances are
+batch, usage/perplexity statistics and the top-K nearest-code retrieval. In a distributed
+run the EMA statistics are summed over the ranks and restarts come from rank 0, so every
+rank keeps the same code bank. Distances are
 computed in fp32 in row chunks so that the ``(N, M)`` distance matrix never exceeds
 ``chunk_bytes``.
 
@@ -194,6 +196,7 @@ class CodeBank(nn.Module):
         self.embed_avg.copy_(centres * counts.clamp_min(1.0)[:, None])
         self.cluster_size.copy_(counts.clamp_min(1.0))
         self.initted.fill_(True)
+        _same_on_all_ranks(self.embed, self.embed_avg, self.cluster_size)
 
     @staticmethod
     def nearest_to(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -216,6 +219,7 @@ class CodeBank(nn.Module):
         m, eps = self.cfg.num_codes, self.cfg.eps
         counts = torch.bincount(idx, minlength=m).float()
         sums = torch.zeros(m, x.shape[1], device=x.device).index_add_(0, idx, x)
+        _sum_over_ranks(counts, sums)  # under DDP: the statistics of the global batch
         weight = 1.0 - self.cfg.decay
         self.cluster_size.lerp_(counts, weight)
         self.embed_avg.lerp_(sums, weight)
@@ -239,6 +243,7 @@ class CodeBank(nn.Module):
         self.embed[dead] = x[pick]
         self.embed_avg[dead] = x[pick]
         self.cluster_size[dead] = 1.0
+        _same_on_all_ranks(self.embed, self.embed_avg, self.cluster_size)
         return int(dead.numel())
 
     # -- statistics ------------------------------------------------------------------
@@ -269,6 +274,24 @@ class CodeBank(nn.Module):
         if idx is None:
             stats["dead"] = float((self.cluster_size < self.cfg.dead_threshold).sum())
         return stats
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _sum_over_ranks(*tensors: torch.Tensor) -> None:
+    """Sum ``tensors`` in place over the ranks of a distributed run (a no-op otherwise)."""
+    if _distributed():
+        for t in tensors:
+            torch.distributed.all_reduce(t)
+
+
+def _same_on_all_ranks(*tensors: torch.Tensor) -> None:
+    """Give every rank rank 0's ``tensors`` (a no-op outside a distributed run)."""
+    if _distributed():
+        for t in tensors:
+            torch.distributed.broadcast(t, src=0)
 
 
 class QuantizerOutput(NamedTuple):

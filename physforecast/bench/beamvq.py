@@ -33,15 +33,11 @@ from typing import Any
 import torch
 
 import physforecast as pf
+from physforecast.beamvq.context import PhysicsContext
+from physforecast.beamvq.evaluation import evaluate_beamvq
 from physforecast.beamvq.forecaster import BeamVQForecaster
 from physforecast.beamvq.head import TopKVQHead
-from physforecast.beamvq.pipeline import (
-    PhysicsContext,
-    evaluate_beamvq,
-    fit_stage,
-    head_loss_fn,
-    run_self_training,
-)
+from physforecast.beamvq.method import fit_stage, head_loss_fn, run_self_training
 from physforecast.config import Config, apply_overrides
 from physforecast.search.critic import CriticFilter
 from physforecast.search.scores import ScoreCombination
@@ -171,8 +167,8 @@ def _data(setup: Setup) -> Any:
 
     Training windows start every ``stride`` frames; test windows at every frame.
     """
+    from physforecast.data.prepare import prepare_data as prepare
     from physforecast.data.windows import ForecastWindows
-    from physforecast.training.run import prepare
 
     cfg = _config(setup, 0)
     prepared = prepare(cfg)

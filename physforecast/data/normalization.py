@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,38 @@ class Normalizer:
             plog,
             channels=layout.channel_names,
             per=per,
+        )
+
+    def for_layout(self, layout: ChannelLayout) -> Normalizer:
+        """These statistics for ``layout``'s channels.
+
+        A normalizer with one statistic per variable (its ``channels`` are its variables)
+        is expanded over each variable's levels; one that already has ``layout.channels``
+        statistics is returned as it is.
+
+        Raises
+        ------
+        ValueError
+            When the variables or the channel count do not fit ``layout``.
+        """
+        if layout.variables != self.variables:
+            raise ValueError(
+                f"the normalizer is for variables {self.variables}, the layout has {layout.variables}"
+            )
+        if len(self.channels) == layout.channels:
+            return self
+        if self.channels != self.variables:
+            raise ValueError(
+                f"the normalizer has {len(self.channels)} channel statistics; the layout has "
+                f"{layout.channels} channels ({', '.join(layout.channel_names)})"
+            )
+        repeat = np.repeat(np.arange(len(self.variables)), layout.widths)
+        return replace(
+            self,
+            mean=[self.mean[i] for i in repeat],
+            std=[self.std[i] for i in repeat],
+            channels=layout.channel_names,
+            per="variable",
         )
 
     # -- transforms ---------------------------------------------------------------

@@ -1,10 +1,31 @@
-"""One readable training loop: AdamW, warmup + cosine, clipping, autocast, DDP, checkpoints."""
+"""One readable training loop with injectable parts.
+
+What varies is passed in, with defaults from :class:`~physforecast.config.TrainConfig`:
+
+- ``optimizer``: ``factory(model) -> Optimizer`` (default: timm's ``create_optimizer_v2``
+  with ``train.optimizer``, ``train.lr`` and ``train.weight_decay``; no decay on biases and
+  norms);
+- ``scheduler``: ``factory(optimizer, total_steps) -> LRScheduler`` (default: linear warmup
+  then cosine, ``train.schedule``), stepped after every optimizer step and saved in the
+  checkpoint, so a resumed run follows the same schedule;
+- ``comm_hook``: a ``(state, hook)`` pair registered on the DDP wrapper
+  (``DistributedDataParallel.register_comm_hook``);
+- ``averager``: an object whose ``average_parameters(params)`` runs after every optimizer
+  step (periodic or group model averaging);
+- callbacks after every optimizer step (``on_step``) and every epoch (``callbacks``).
+
+Gradient accumulation (``train.accumulate`` micro-batches per step, without gradient
+all-reduce on the micro-batches before the last), an exponential moving average of the
+weights (``train.ema``), clipping, fp16/bf16 autocast, validation, early stopping, exact
+resume and rank-0 checkpoints and logs complete it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,25 +34,41 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
+from physforecast.checkpoint import load_checkpoint
 from physforecast.config import Config, TrainConfig, config_to_dict
 from physforecast.data.windows import worker_init
+from physforecast.run_dir import RunDir
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistInfo
 
 __all__ = [
     "Trainer",
     "TrainingDivergedError",
+    "LossFn",
+    "OptimizerFactory",
+    "SchedulerFactory",
     "mse_loss_fn",
+    "masked_mse",
+    "model_cond",
     "unwrap",
     "lr_factor",
+    "default_optimizer",
+    "default_scheduler",
     "resolve_device",
+    "SCHEDULES",
 ]
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
+
+#: Learning-rate schedules ``train.schedule`` may name.
+SCHEDULES = ("cosine", "constant")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -39,8 +76,10 @@ class TrainingDivergedError(RuntimeError):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (or the module itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The module inside a DDP or averaging wrapper (or the module itself)."""
+    while isinstance(model, DistributedDataParallel | AveragedModel):
+        model = model.module
+    return model
 
 
 def model_cond(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -75,10 +114,41 @@ def lr_factor(step: int, total: int, warmup_frac: float, min_factor: float = 0.0
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def default_optimizer(cfg: TrainConfig) -> OptimizerFactory:
+    """The optimizer ``train.optimizer`` names, built by timm's ``create_optimizer_v2``."""
+
+    def factory(model: nn.Module) -> torch.optim.Optimizer:
+        from timm.optim import create_optimizer_v2
+
+        return create_optimizer_v2(
+            model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+
+    return factory
+
+
+def default_scheduler(cfg: TrainConfig) -> SchedulerFactory:
+    """``train.schedule`` as a torch scheduler: ``cosine`` (warmup over ``warmup_frac``
+    of the steps, then cosine decay to 1 % of ``lr``) or ``constant``."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule must be one of {SCHEDULES}; got {cfg.schedule!r}")
+
+    def factory(optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+        if cfg.schedule == "constant":
+            return LambdaLR(optimizer, lambda step: 1.0)
+        return LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_frac))
+
+    return factory
+
+
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+    """``auto`` -> CUDA when available, else CPU; a clear error for CUDA without a GPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"train.device={device!r}, but no CUDA device is available; use train.device=auto or cpu"
+        )
     return torch.device(device)
 
 
@@ -93,14 +163,27 @@ class Trainer:
         Optimisation settings.
     loss_fn : callable
         ``loss_fn(model, batch) -> (loss, logs)``.
-    run_dir : path, optional
-        Where ``checkpoints/{last,best}.pt`` and ``metrics.jsonl`` go (rank 0 only).
+    run_dir : RunDir or path, optional
+        Where checkpoints and ``metrics.jsonl`` go (written on rank 0 only).
+    stage : str, optional
+        Name of this training stage of a multi-stage method: its checkpoints go to
+        ``checkpoints/<stage>/`` and its metrics records carry ``"stage"``.
     config : Config, optional
-        Saved as JSON inside every checkpoint.
+        The run's config: batch size and workers of the loaders; saved in checkpoints.
     dist_info : DistInfo, optional
         From :func:`~physforecast.training.distributed.init_distributed`; single process by default.
+    optimizer : callable, optional
+        ``factory(model) -> Optimizer``; :func:`default_optimizer` by default.
+    scheduler : callable, optional
+        ``factory(optimizer, total_steps) -> LRScheduler``; :func:`default_scheduler` by default.
+    comm_hook : (state, hook), optional
+        A DDP communication hook, registered when training is distributed.
+    averager : object, optional
+        ``averager.average_parameters(params)`` after every optimizer step.
     callbacks : list of callable
         Called as ``callback(trainer, record)`` after every epoch.
+    on_step : list of callable
+        Called as ``callback(trainer, logs)`` after every optimizer step.
 
     Examples
     --------
@@ -114,33 +197,51 @@ class Trainer:
         cfg: TrainConfig,
         *,
         loss_fn: LossFn = mse_loss_fn,
-        run_dir: str | Path | None = None,
+        run_dir: RunDir | str | Path | None = None,
+        stage: str | None = None,
         config: Config | None = None,
         dist_info: DistInfo | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        comm_hook: tuple[Any, Callable] | None = None,
+        averager: Any = None,
         callbacks: list[Callable[[Trainer, dict[str, Any]], None]] | None = None,
+        on_step: list[Callable[[Trainer, dict[str, Any]], None]] | None = None,
     ) -> None:
+        if cfg.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision must be fp32, bf16 or fp16; got {cfg.precision!r}")
+        if cfg.accumulate < 1:
+            raise ValueError(f"train.accumulate must be >= 1; got {cfg.accumulate}")
+        if not 0.0 <= cfg.ema < 1.0:
+            raise ValueError(f"train.ema must be in [0, 1) (0: off); got {cfg.ema}")
         self.cfg = cfg
         self.dist = dist_info or DistInfo(device=resolve_device(cfg.device))
         self.device = self.dist.device
         self.model = model.to(self.device)
-        self.net: nn.Module = (
-            DistributedDataParallel(
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-            if self.dist.enabled
-            else self.model
-        )
+            if comm_hook is not None:
+                self.net.register_comm_hook(*comm_hook)
         self.loss_fn = loss_fn
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        if self.run_dir is not None and self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir is not None and not isinstance(run_dir, RunDir):
+            run_dir = RunDir(run_dir, writer=self.dist.is_main)
+        self.run: RunDir | None = run_dir
+        self.stage = stage
         self.config = config
+        self.averager = averager
         self.callbacks = list(callbacks or [])
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        self.on_step = list(on_step or [])
+        self.optimizer = (optimizer or default_optimizer(cfg))(self.model)
+        self._scheduler_factory = scheduler or default_scheduler(cfg)
+        self.scheduler: LRScheduler | None = None
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            if cfg.ema > 0
+            else None
         )
-        if cfg.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"train.precision must be fp32, bf16 or fp16; got {cfg.precision!r}")
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=cfg.precision == "fp16" and self.device.type == "cuda"
         )
@@ -149,9 +250,19 @@ class Trainer:
         self.best_val = math.inf
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
-        self.total_steps = 1
+        self._pending: dict[str, Any] | None = None  # optimizer/scheduler state of a resume
 
     # -- pieces -------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory's path (None when the trainer writes nothing)."""
+        return self.run.path if self.run is not None else None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation and checkpoints' inference use: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.net
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context for ``train.precision`` (a no-op for fp32)."""
         if self.cfg.precision == "fp32":
@@ -188,45 +299,68 @@ class Trainer:
             worker_init_fn=worker_init if workers else None,
         )
 
-    def set_lr(self) -> float:
-        lr = self.cfg.lr * lr_factor(self.step, self.total_steps, self.cfg.warmup_frac)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def train_one_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One optimisation step on ``batch``; returns the logged values."""
-        self.net.train()
-        batch = self._to_device(batch)
-        lr = self.set_lr()
+    def _loss(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         with self.autocast():
-            loss, logs = self.loss_fn(self.net, batch)
+            loss, logs = self.loss_fn(net, batch)
         if not torch.isfinite(loss):
-            last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+            last = self.run.checkpoint_path("last", self.stage) if self.run else None
             raise TrainingDivergedError(
-                f"loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {self.step}; training stopped. "
-                f"Last good checkpoint: {last if last and last.exists() else 'none'}. "
+                f"loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {self.step}; "
+                f"training stopped. Last good checkpoint: {last if last and last.exists() else 'none'}. "
                 "Try a lower train.lr, train.grad_clip > 0 or train.precision=fp32."
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.step += 1
+        return loss, logs
+
+    def train_one_batch(
+        self, batch: dict[str, torch.Tensor], *, sync: bool = True, scale: float = 1.0
+    ) -> dict[str, float]:
+        """Forward and backward one (micro-)batch; with ``sync`` also clip and step.
+
+        Parameters
+        ----------
+        batch : dict
+            A batch of windows.
+        sync : bool
+            Whether this is the last micro-batch of an optimizer step (gradients are
+            all-reduced and the optimizer steps); earlier micro-batches only accumulate.
+        scale : float
+            Weight of this micro-batch's loss in the step (``1 / accumulate``).
+        """
+        self.net.train()
+        batch = self._to_device(batch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        no_sync = (
+            self.net.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
+        )
+        with no_sync:
+            loss, logs = self._loss(self.net, batch)
+            self.scaler.scale(loss * scale).backward()
+        if sync:
+            if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            if self.averager is not None:
+                self.averager.average_parameters(self.model.parameters())
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
         return {"loss": float(loss.detach()), "lr": lr, **logs}
 
     @torch.no_grad()
     def evaluate(self, data: Dataset | DataLoader) -> dict[str, float]:
-        """Mean loss over ``data`` (all ranks together under DDP)."""
-        self.net.eval()
+        """Mean loss over ``data`` (all ranks together under DDP), on the EMA weights when enabled."""
+        net = self.eval_model
+        net.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         for batch in self.loader(data, train=False):
             batch = self._to_device(batch)
             with self.autocast():
-                loss, _ = self.loss_fn(self.net, batch)
+                loss, _ = self.loss_fn(net, batch)
             n = batch["x"].shape[0]
             total += torch.tensor([float(loss) * n, n], dtype=torch.float64, device=self.device)
         if self.dist.enabled:
@@ -247,36 +381,52 @@ class Trainer:
         as an uninterrupted run.
         """
         epochs = int(epochs if epochs is not None else self.cfg.epochs)
-        steps_per_epoch = len(self.loader(train_data, train=True, epoch=0))
+        batches = len(self.loader(train_data, train=True, epoch=0))
         if self.cfg.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, self.cfg.max_steps_per_epoch)
-        self.total_steps = max(1, epochs * steps_per_epoch)
+            batches = min(batches, self.cfg.max_steps_per_epoch)
+        steps_per_epoch = math.ceil(batches / self.cfg.accumulate)
+        if self.scheduler is None:
+            self.scheduler = self._scheduler_factory(
+                self.optimizer, max(1, epochs * steps_per_epoch)
+            )
+        if self._pending is not None:  # after the scheduler exists, so its state wins
+            self.optimizer.load_state_dict(self._pending["optimizer"])
+            if self._pending.get("scheduler") is not None:
+                self.scheduler.load_state_dict(self._pending["scheduler"])
+            self._pending = None
         while self.epoch < epochs:
-            record = self._run_epoch(train_data, val_data, steps_per_epoch)
+            record = self._run_epoch(train_data, val_data, batches, epochs)
             if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
                 if self.dist.is_main:
                     tqdm.write(
-                        f"early stopping after epoch {record['epoch']}: no improvement for {self.cfg.patience} epochs"
+                        f"early stopping after epoch {record['epoch']}: no improvement for "
+                        f"{self.cfg.patience} epochs"
                     )
                 break
         return self.history
 
-    def _run_epoch(self, train_data, val_data, steps_per_epoch: int) -> dict[str, Any]:
+    def _run_epoch(self, train_data, val_data, batches: int, epochs: int) -> dict[str, Any]:
         loader = self.loader(train_data, train=True, epoch=self.epoch)
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {self.epoch + 1}",
+            total=batches,
+            desc=f"{self.stage + ' ' if self.stage else ''}epoch {self.epoch + 1}/{epochs}",
             leave=False,
             disable=None if self.dist.is_main else True,
         )
+        acc = self.cfg.accumulate
         for i, batch in enumerate(loader):
-            if i >= steps_per_epoch:
+            if i >= batches:
                 break
-            logs = self.train_one_batch(batch)
+            last = (i + 1) % acc == 0 or i + 1 == batches
+            group = min(acc, batches - (i // acc) * acc)  # micro-batches in this step
+            logs = self.train_one_batch(batch, sync=last, scale=1.0 / group)
             n = batch["x"].shape[0]
             seen += n
             loss_sum += logs["loss"] * n
+            if last:
+                for callback in self.on_step:
+                    callback(self, logs)
             bar.set_postfix(
                 loss=f"{logs['loss']:.4g}", samples_s=f"{seen / (time.perf_counter() - t0):.1f}"
             )
@@ -284,14 +434,18 @@ class Trainer:
         bar.close()
         self.epoch += 1
         elapsed = time.perf_counter() - t0
-        record: dict[str, Any] = {
-            "epoch": self.epoch,
-            "step": self.step,
-            "train_loss": loss_sum / max(seen, 1),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "samples_per_s": seen * self.dist.world_size / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed,
-        }
+        record: dict[str, Any] = {"epoch": self.epoch}
+        if self.stage:
+            record["stage"] = self.stage
+        record.update(
+            {
+                "step": self.step,
+                "train_loss": loss_sum / max(seen, 1),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_per_s": seen * self.dist.world_size / max(elapsed, 1e-9),
+                "epoch_time_s": elapsed,
+            }
+        )
         if val_data is not None:
             record.update(self.evaluate(val_data))
         improved = record.get("val_loss", record["train_loss"]) < self.best_val
@@ -301,9 +455,10 @@ class Trainer:
         else:
             self.bad_epochs += 1
         self.history.append(record)
-        if self.dist.is_main and self.run_dir is not None:
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+        if self.dist.is_main and not sys.stderr.isatty():
+            print(_epoch_line(record, epochs), file=sys.stderr, flush=True)
+        if self.run is not None:
+            self.run.append_metrics(record)
             self.save_checkpoint("last")
             if improved:
                 self.save_checkpoint("best")
@@ -313,10 +468,11 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: weights, optimizer, counters, RNG, config."""
+        """Everything needed to resume exactly: weights, optimizer, schedule, counters, RNG, config."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "step": self.step,
             "epoch": self.epoch,
             "best_val": self.best_val,
@@ -325,24 +481,59 @@ class Trainer:
             "history": json.dumps(self.history),
             "config": json.dumps(config_to_dict(self.config)) if self.config is not None else "{}",
         }
+        if state["scheduler"] is None:
+            del state["scheduler"]
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+            state["ema_count"] = int(self.ema.n_averaged)
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
 
     def save_checkpoint(self, name: str) -> Path | None:
-        """Write ``checkpoints/<name>.pt`` atomically (rank 0 only)."""
-        if self.run_dir is None or not self.dist.is_main:
+        """Write ``checkpoints/[<stage>/]<name>.pt`` atomically (rank 0 only)."""
+        if self.run is None:
             return None
-        return save_checkpoint(self.state(), self.run_dir / "checkpoints" / f"{name}.pt")
+        return self.run.save_checkpoint(self.state(), name, self.stage)
 
     def load(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` to resume training."""
+        """Restore a checkpoint written by :meth:`save_checkpoint` to resume training.
+
+        Weights, counters and RNG state are restored now; the optimizer and schedule state
+        when :meth:`fit` has built the schedule.
+        """
         state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.n_averaged.fill_(int(state.get("ema_count", 1)))
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.best_val, self.bad_epochs = float(state["best_val"]), int(state["bad_epochs"])
         self.history = json.loads(state["history"])
+        self._pending = {"optimizer": state["optimizer"], "scheduler": state.get("scheduler")}
         torch.set_rng_state(state["rng_cpu"].cpu())
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if self.run is not None:  # records of epochs after the checkpoint are dropped
+            self.run.keep_metrics(
+                lambda r: r.get("stage") != self.stage or int(r.get("epoch", 0)) <= self.epoch
+            )
+
+    def resume(self) -> bool:
+        """Load this stage's ``last`` checkpoint when the run directory has one; True if it did."""
+        if self.run is None or not self.run.checkpoint_path("last", self.stage).exists():
+            return False
+        self.load(self.run.checkpoint_path("last", self.stage))
+        return True
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One line per epoch for logs and pipes (tqdm draws only on a terminal)."""
+    parts = [f"{record.get('stage', 'train')} epoch {record['epoch']}/{epochs}"]
+    parts.append(f"loss {record['train_loss']:.4g}")
+    if "val_loss" in record:
+        parts.append(f"val {record['val_loss']:.4g}")
+    parts.append(f"{record['samples_per_s']:.1f} samples/s")
+    remaining = (epochs - record["epoch"]) * record["epoch_time_s"]
+    parts.append(f"ETA {remaining:.0f} s")
+    return ", ".join(parts)

@@ -1,183 +1,45 @@
-"""Trained models as ready forecasters, and xarray-level helpers.
+"""Verification of forecast Datasets: the verifying truth, scores and spectra, in xarray.
 
-``load(run_dir)`` rebuilds the model of a run directory with its normalization and config
-as a :class:`Forecaster`: an ``nn.Module`` that takes physical units and returns physical
-units, and knows what it was trained on (variables, parameters, history and forecast
-lengths, grid). :func:`physforecast.predict` and :func:`physforecast.rollout` run it on
-an ``xr.Dataset``.
-
-:func:`spectrum` gives the radially averaged power spectrum of xarray fields, lazily on
-dask-backed data. :func:`truth_for` cuts the frames that verify a forecast out of its
-source dataset, and :func:`verify` scores a forecast against them.
+:func:`truth_for` cuts the frames that verify a forecast out of its source dataset,
+:func:`verify` scores a forecast against them with :func:`~physforecast.metrics.score`,
+and :func:`spectrum` gives the radially averaged power spectrum of xarray fields, lazily
+on dask-backed data.
 
 Examples
 --------
->>> import physforecast as pf                                 # doctest: +SKIP
->>> fc = pf.load("runs/ns2d-fno")                             # doctest: +SKIP
->>> forecast = pf.rollout(fc, ds, steps=40)                   # doctest: +SKIP
+>>> forecast = physforecast.rollout(fc, ds, steps=30)        # doctest: +SKIP
+>>> card = verify(forecast, ds)                              # doctest: +SKIP
+>>> spectrum(ds.vorticity)                                   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
 
-from physforecast.data.normalization import Normalizer
+from physforecast.data.layout import spatial_dims
 
-__all__ = [
-    "Forecaster",
-    "load",
-    "spectrum",
-    "truth_for",
-    "match_truth",
-    "as_samples",
-    "verify",
-    "DATA_SPEC_FILE",
-]
+from .scorecard import score
+from .spectral import power_spectrum
 
-#: File in a run directory describing the training grid (written by ``training.run.data_spec``).
-DATA_SPEC_FILE = "data.json"
-
-_SPATIAL_PAIRS = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
+__all__ = ["to_dataset", "spectrum", "truth_for", "match_truth", "as_samples", "verify"]
 
 
-class Forecaster(nn.Module):
-    """A backbone with the normalization it was trained with.
+def to_dataset(obj: xr.Dataset | xr.DataArray, what: str = "input") -> xr.Dataset:
+    """``obj`` as a Dataset: a named DataArray becomes a one-variable Dataset.
 
-    Parameters
-    ----------
-    model : nn.Module
-        Maps normalized ``x`` (B, T_in, C, H, W) and ``cond`` (B, P) to normalized
-        (B, T_out, C, H, W).
-    normalizer : Normalizer
-        Statistics of the training split; names the variables and parameters.
-    in_steps, out_steps : int, optional
-        ``T_in`` and ``T_out``; read from ``model.in_steps`` / ``model.out_steps`` when
-        omitted.
-    config : Config, optional
-        The run's resolved config.
-    grid : dict, optional
-        Spatial dims and sizes of the training data, e.g. ``{"y": 64, "x": 64}``. Inputs
-        on another grid are refused. ``None`` skips the check.
-    run_dir : path, optional
-        Where the forecaster was loaded from (recorded in forecast attributes).
-
-    Attributes
-    ----------
-    variables : list of str
-        The forecast variables, in channel order.
-    params : list of str
-        The physical parameters passed to the model as ``cond``, in order.
+    Raises
+    ------
+    ValueError
+        For an unnamed DataArray.
+    TypeError
+        For anything that is neither.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        normalizer: Normalizer,
-        *,
-        in_steps: int | None = None,
-        out_steps: int | None = None,
-        config: Any = None,
-        grid: dict[str, int] | None = None,
-        run_dir: str | os.PathLike | None = None,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.normalizer = normalizer
-        self.config = config
-        in_steps = in_steps if in_steps is not None else getattr(model, "in_steps", None)
-        out_steps = out_steps if out_steps is not None else getattr(model, "out_steps", None)
-        if in_steps is None or out_steps is None:
-            raise ValueError(
-                "the model has no in_steps/out_steps attributes; pass in_steps= and out_steps="
-            )
-        self.in_steps, self.out_steps = int(in_steps), int(out_steps)
-        self.grid = {str(k): int(v) for k, v in grid.items()} if grid else None
-        self.run_dir = str(run_dir) if run_dir is not None else None
-        self.eval()
-
-    @property
-    def variables(self) -> list[str]:
-        return list(self.normalizer.variables)
-
-    @property
-    def params(self) -> list[str]:
-        return list(self.normalizer.params)
-
-    @property
-    def cond_dim(self) -> int:
-        """Number of physical parameters the model is conditioned on (0: none)."""
-        return int(getattr(self.model, "cond_dim", 0) or 0)
-
-    @property
-    def device(self) -> torch.device:
-        first = next(self.model.parameters(), None)
-        return first.device if first is not None else torch.device("cpu")
-
-    def channel_stats(
-        self, widths: Sequence[int] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std, shape (C,): each variable's statistics repeated over
-        its ``widths`` channels (levels), one channel per variable by default."""
-        widths = list(widths or [1] * len(self.variables))
-        if len(widths) != len(self.variables):
-            raise ValueError(f"{len(widths)} channel widths for {len(self.variables)} variables")
-        reps = torch.tensor(widths)
-        mean = torch.tensor(self.normalizer.mean, dtype=torch.float64).repeat_interleave(reps)
-        std = torch.tensor(self.normalizer.std, dtype=torch.float64).repeat_interleave(reps)
-        return mean, std
-
-    @torch.no_grad()
-    def step(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """One model call in normalized units: (B, T_in, C, H, W) -> (B, T_out, C, H, W), fp32,
-        on the model's device and returned on ``x``'s."""
-        device = self.device
-        cond = cond.to(device) if (cond is not None and self.cond_dim) else None
-        return self.model(x.to(device), cond).float().to(x.device)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
-        """Forecast in physical units.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            History (B, T_in, C, H, W) in physical units, one channel per variable; NaN
-            (masked) points are allowed.
-        params : torch.Tensor, optional
-            Physical parameters (B, P) in physical units, required when ``cond_dim > 0``.
-
-        Returns
-        -------
-        torch.Tensor
-            (B, T_out, C, H, W) in physical units.
-        """
-        mean, std = (s.to(x).reshape(-1, 1, 1) for s in self.channel_stats())
-        z = torch.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).float()
-        cond = None
-        if self.cond_dim:
-            if params is None:
-                raise ValueError(f"the model is conditioned on {self.params}; pass params=")
-            cond = self.normalizer.normalize_params(params.double()).float()
-        return self.step(z, cond).to(x.dtype) * std + mean
-
-    def extra_repr(self) -> str:
-        return (
-            f"variables={self.variables}, params={self.params}, in_steps={self.in_steps}, "
-            f"out_steps={self.out_steps}, grid={self.grid}"
-        )
-
-
-def _to_dataset(obj: xr.Dataset | xr.DataArray, what: str = "input") -> xr.Dataset:
     if isinstance(obj, xr.DataArray):
         if obj.name is None:
             raise ValueError(f"the {what} DataArray has no name; name it after its variable")
@@ -187,79 +49,6 @@ def _to_dataset(obj: xr.Dataset | xr.DataArray, what: str = "input") -> xr.Datas
             f"the {what} must be an xr.Dataset or xr.DataArray, got {type(obj).__name__}"
         )
     return obj
-
-
-def _spatial_of(da: xr.DataArray) -> tuple[str, str]:
-    for pair in _SPATIAL_PAIRS:
-        if all(d in da.dims for d in pair):
-            return pair
-    if da.ndim < 2:
-        raise ValueError(f"variable {da.name!r} has dims {da.dims}; it needs two spatial dims")
-    return str(da.dims[-2]), str(da.dims[-1])
-
-
-def _training_grid(run_dir: Path) -> dict[str, int]:
-    """The training grid ``{dim: size}`` from the run's ``data.json``."""
-    spec_path = run_dir / DATA_SPEC_FILE
-    if not spec_path.exists():
-        raise FileNotFoundError(
-            f"{run_dir} has no {DATA_SPEC_FILE}; it was not written by physforecast train"
-        )
-    spec = json.loads(spec_path.read_text())
-    return dict(zip(spec["spatial_dims"], spec["shape"]))
-
-
-def load(
-    run_dir: str | os.PathLike,
-    checkpoint: str = "best",
-    *,
-    device: str | torch.device = "cpu",
-) -> Forecaster:
-    """Load the trained model of a run directory, ready to forecast.
-
-    Parameters
-    ----------
-    run_dir : path
-        A directory written by ``physforecast train`` (``config.yaml``, ``model.json``,
-        ``normalization.json``, ``checkpoints/``).
-    checkpoint : str
-        ``"best"`` or ``"last"`` (a file ``checkpoints/<checkpoint>.pt``).
-    device : str or torch.device
-        Where the model runs.
-
-    Returns
-    -------
-    Forecaster
-        In eval mode, with ``.model``, ``.normalizer``, ``.config``, ``.variables``,
-        ``.params``, ``.in_steps``, ``.out_steps`` and ``.grid``.
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``run_dir`` is not a run directory or the checkpoint is missing.
-    """
-    from physforecast.training.run import load_run
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not ckpt.exists():
-        found = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
-        raise FileNotFoundError(
-            f"no checkpoint {checkpoint!r} in {run_dir / 'checkpoints'}; found {found or 'none'}"
-        )
-    model, normalizer, cfg = load_run(run_dir, checkpoint)
-    forecaster = Forecaster(
-        model,
-        normalizer,
-        in_steps=cfg.data.in_steps,
-        out_steps=cfg.data.out_steps,
-        config=cfg,
-        grid=_training_grid(run_dir),
-        run_dir=run_dir,
-    )
-    return forecaster.to(device)
 
 
 def spectrum(
@@ -290,8 +79,6 @@ def spectrum(
     xr.DataArray
         The field's other dims plus ``wavenumber`` (K,), float64.
     """
-    from physforecast.metrics.spectral import power_spectrum
-
     if isinstance(obj, xr.Dataset):
         fields = [str(n) for n, v in obj.data_vars.items() if v.ndim >= 2]
         if variable is None:
@@ -303,7 +90,7 @@ def spectrum(
         da = obj[variable]
     else:
         da = obj
-    sy, sx = _spatial_of(da)
+    sy, sx = spatial_dims(da)
     h, w = da.sizes[sy], da.sizes[sx]
     n_shells = min(h, w) // 2 + 1
     if da.chunks is not None:
@@ -381,7 +168,7 @@ def truth_for(forecast: xr.Dataset, source: xr.Dataset | xr.DataArray) -> xr.Dat
     xr.Dataset
         Same variables, dims and coordinates as ``forecast`` (parameters copied).
     """
-    source = _to_dataset(source, "truth")
+    source = to_dataset(source, "truth")
     sdim = _sample_dim(forecast)
     fields = _fields(forecast)
     missing = [v for v in fields if v not in source.data_vars]
@@ -430,7 +217,7 @@ def truth_for(forecast: xr.Dataset, source: xr.Dataset | xr.DataArray) -> xr.Dat
 def match_truth(forecast: xr.Dataset, truth: xr.Dataset | xr.DataArray) -> xr.Dataset:
     """``truth`` in the forecast layout: as given when it has ``lead_time``, else
     :func:`truth_for` (``truth`` is then the source dataset)."""
-    truth = _to_dataset(truth, "truth")
+    truth = to_dataset(truth, "truth")
     if any("lead_time" in v.dims for v in truth.data_vars.values()):
         return truth
     return truth_for(forecast, truth)
@@ -469,10 +256,8 @@ def verify(
     xr.Dataset
         The scorecard ``score (metric, lead_time, variable)``, ``summary (metric, variable)``.
     """
-    from physforecast.metrics import score
-
-    forecast = _to_dataset(forecast, "forecast")
-    source = _to_dataset(truth, "truth")
+    forecast = to_dataset(forecast, "forecast")
+    source = to_dataset(truth, "truth")
     truth = match_truth(forecast, source)
     if truth is not source and "init_index" in forecast.coords:
         last = forecast["init_index"].values.max() + forecast["lead_time"].values
