@@ -246,7 +246,7 @@ class RegistryTable(SphinxDirective):
 
 # -- links to re-exported names --------------------------------------------------------
 def _canonical_name(target: str) -> str | None:
-    """``physforecast.load`` -> ``physforecast.api.load``: where the object is defined."""
+    """``physforecast.load`` -> ``physforecast.forecast.forecaster.load``: where the object is defined."""
     parts = target.split(".")
     for i in range(len(parts) - 1, 0, -1):
         try:

@@ -47,7 +47,7 @@ class _PhysforecastAccessor:
         self._obj = obj
 
     def _dataset(self) -> xr.Dataset:
-        from physforecast.metrics.verify import to_dataset
+        from physforecast.metrics.verification import to_dataset
 
         return to_dataset(self._obj)
 
@@ -120,7 +120,7 @@ class _PhysforecastAccessor:
         See :func:`physforecast.metrics.verify`; ``suite`` and ``**kwargs`` go to
         :func:`physforecast.metrics.score`.
         """
-        from physforecast.metrics.verify import verify
+        from physforecast.metrics.verification import verify
 
         return verify(self._obj, truth, suite, **kwargs)
 
@@ -133,7 +133,7 @@ class _PhysforecastAccessor:
         (``variable``, ``sample``, ``leads``, ``lead_times``) go to
         :func:`physforecast.plots.plot_forecast_panel`.
         """
-        from physforecast.metrics.verify import match_truth
+        from physforecast.metrics.verification import match_truth
         from physforecast.plots import plot_forecast_panel
 
         forecast = self._dataset()
@@ -148,7 +148,7 @@ class PhysforecastDatasetAccessor(_PhysforecastAccessor):
         """Radially averaged power spectrum of ``variable`` (the only field by default),
         lazily; see :func:`physforecast.metrics.spectrum`. Dims: the field's others plus
         ``wavenumber``."""
-        from physforecast.metrics.verify import spectrum
+        from physforecast.metrics.verification import spectrum
 
         return spectrum(self._obj, variable, reduction=reduction)
 
@@ -160,6 +160,6 @@ class PhysforecastDataArrayAccessor(_PhysforecastAccessor):
     def spectrum(self, *, reduction: str = "mean") -> xr.DataArray:
         """Radially averaged power spectrum of every frame, lazily; see
         :func:`physforecast.metrics.spectrum`. Dims: the others plus ``wavenumber``."""
-        from physforecast.metrics.verify import spectrum
+        from physforecast.metrics.verification import spectrum
 
         return spectrum(self._obj, reduction=reduction)

@@ -70,7 +70,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     import physforecast as pf
     from physforecast.data.io import open_dataset, write_dataset
     from physforecast.forecast.rollout import RolloutBlowupError
-    from physforecast.metrics.verify import truth_for
+    from physforecast.metrics.verification import truth_for
     from physforecast.plots import save_forecast_plots
 
     forecaster = pf.load(args.run_dir, args.checkpoint)

@@ -18,7 +18,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from physforecast.atomic import atomic_write
-from physforecast.metrics.verify import spectrum
+from physforecast.metrics.verification import spectrum
 
 __all__ = [
     "plot_forecast_panel",

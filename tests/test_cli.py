@@ -145,3 +145,28 @@ def test_beamvq_method_end_to_end(tmp_path, capsys):
     assert {"base", "top1", "beamvq"} <= set(result)
     assert len(result["beamvq"]["rmse"]) == 2  # one value per lead time
     assert (out / "beamvq_rounds.jsonl").exists()
+
+
+def test_set_accumulates_whether_repeated_or_listed():
+    from physforecast.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--set", "train.lr=1e-3", "--set", "train.seed=3", "data.stride=2"]
+    )
+    assert args.set == ["train.lr=1e-3", "train.seed=3", "data.stride=2"]
+    from physforecast.cli import _config_from_args
+
+    cfg = _config_from_args(args)
+    assert (cfg.train.lr, cfg.train.seed, cfg.data.stride) == (1e-3, 3, 2)
+
+
+def test_method_choices_come_from_the_registry(capsys):
+    from physforecast.registry import METHODS
+
+    assert {"supervised", "beamvq"} <= set(METHODS.names())
+    with pytest.raises(SystemExit):
+        main(["train", "--method", "beamvqq"])
+    assert "invalid choice: 'beamvqq'" in capsys.readouterr().err
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "beamvq" in out and "--set beamvq.<key>" in out and "supervised" in out

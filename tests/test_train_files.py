@@ -64,7 +64,9 @@ def test_train_on_lat_lon_netcdf_with_land(tmp_path):
     land = {"latitude": ds.lat.values[2:4], "longitude": ds.lon.values[3:6]}
     assert np.isnan(fc.sst.sel(land).values).all()  # land stays land in the forecast
     assert int(np.isnan(fc.sst.isel(sample=0, lead_time=0)).sum()) == 2 * 3
-    assert np.isfinite(fc.sst.sel(latitude=ds.lat.values[0], longitude=ds.lon.values[0]).values).all()
+    assert np.isfinite(
+        fc.sst.sel(latitude=ds.lat.values[0], longitude=ds.lon.values[0]).values
+    ).all()
     assert abs(float(np.nanmean(fc.sst)) - 280) < 5  # physical units, normalization undone
     card = json.loads((out / "scorecard.json").read_text())
     assert "sst" in json.dumps(card) and "ssh" in json.dumps(card)

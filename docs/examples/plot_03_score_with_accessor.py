@@ -4,7 +4,7 @@ Forecast and score with the xarray accessor
 
 ``import physforecast`` registers a ``.physforecast`` accessor on every ``xr.Dataset``
 and ``xr.DataArray``. It is a thin layer: each method calls one library function
-(:func:`physforecast.rollout <physforecast.rollout.rollout>`, :func:`physforecast.api.verify`,
+(:func:`physforecast.rollout <physforecast.forecast.rollout.rollout>`, :func:`physforecast.metrics.verify`,
 :func:`physforecast.metrics.score`...), so scripts can use either.
 
 Here we train a small model, forecast trajectories it has never seen, further ahead than
@@ -16,7 +16,7 @@ baseline, and add a metric of our own to the scorecard.
 # A trained model
 # ---------------
 # A quick run as in :doc:`plot_02_train_and_scorecard`; :func:`physforecast.load` turns
-# its run directory into a :class:`~physforecast.api.Forecaster` that takes and returns
+# its run directory into a :class:`~physforecast.forecast.Forecaster` that takes and returns
 # physical units.
 import tempfile
 from pathlib import Path
@@ -72,8 +72,7 @@ print(format_scorecard(card, max_leads=4))
 
 # %%
 # The accessor is a shortcut; the same numbers come from the functions it calls:
-from physforecast.api import truth_for
-from physforecast.metrics import score
+from physforecast.metrics import score, truth_for
 
 truth = truth_for(forecast, new)  # (sample, lead_time, y, x), like the forecast
 same = score(forecast, truth, suite)

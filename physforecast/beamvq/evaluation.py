@@ -83,7 +83,9 @@ def evaluate_beamvq(
     return out
 
 
-def residual_by_lead(pred: torch.Tensor, hist: torch.Tensor, ctx: ScoreContext) -> torch.Tensor | None:
+def residual_by_lead(
+    pred: torch.Tensor, hist: torch.Tensor, ctx: ScoreContext
+) -> torch.Tensor | None:
     """Sum over samples of the squared residual per lead (B, T, C, H, W) -> (T,), or None."""
     phys = ctx.physics
     if phys is None or phys.vorticity is None or phys.viscosity is None:

@@ -332,7 +332,9 @@ def valid_mask(
     [[[True, False]]]
     """
     if variables is None:
-        variables = [str(v) for v in ds.data_vars if v != MASK_VARIABLE and present_spatial_dims(ds[v])]
+        variables = [
+            str(v) for v in ds.data_vars if v != MASK_VARIABLE and present_spatial_dims(ds[v])
+        ]
     variables = check_variables(ds, variables)
     if MASK_VARIABLE in ds.data_vars:
         stored = ds[MASK_VARIABLE]

@@ -30,6 +30,7 @@ from .normalization import Normalizer
 
 __all__ = ["ForecastWindows", "split_indices", "worker_init"]
 
+
 def _check_time(ds: xr.Dataset, needed: int) -> None:
     if "time" not in ds.dims:
         raise ValueError(f"dataset has no 'time' dim; dims are {tuple(ds.dims)}")

@@ -17,4 +17,11 @@ from .forecaster import Forecaster, load
 from .rollout import RolloutBlowupError, predict
 from .windows import forecast_windows
 
-__all__ = ["Forecaster", "load", "predict", "RolloutBlowupError", "forecast_windows", "forecast_dataset"]
+__all__ = [
+    "Forecaster",
+    "load",
+    "predict",
+    "RolloutBlowupError",
+    "forecast_windows",
+    "forecast_dataset",
+]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from physforecast.data.layout import ChannelLayout
 from physforecast.errors import DataFormatError
-from physforecast.metrics.verify import to_dataset
+from physforecast.metrics.verification import to_dataset
 
 from .dataset import declared_parameters, forecast_dataset, sample_parameters
 from .forecaster import Forecaster, load

@@ -37,7 +37,7 @@ from .residuals import (
 from .scorecard import score
 from .spectral import frmse, lsd, power_spectrum, spectral_mse, spectral_nmse
 from .suites import ENSEMBLE_SUITE, GENERIC_SUITE, LATLON_SUITE, SUITES, default_suite
-from .verify import as_samples, match_truth, spectrum, to_dataset, truth_for, verify
+from .verification import as_samples, match_truth, spectrum, to_dataset, truth_for, verify
 from .weather import acc, lat_rmse, latitude_weights
 
 __all__ = [

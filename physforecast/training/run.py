@@ -35,9 +35,7 @@ def load_run_config(run_dir: str | os.PathLike) -> Config:
     return RunDir(run_dir).read_config()
 
 
-def train(
-    cfg: Config, *, resume: str | os.PathLike | None = None, evaluate: bool = True
-) -> Path:
+def train(cfg: Config, *, resume: str | os.PathLike | None = None, evaluate: bool = True) -> Path:
     """Train a model as ``cfg`` says and write the run directory.
 
     Parameters

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from gloo import run_ranks, set_rank_env
 
 import physforecast as pf
 from physforecast.beamvq import method as beamvq_method
@@ -206,17 +207,7 @@ def test_truth_residual_with_a_viscosity_per_sample():
 
 
 def _ddp_beamvq_worker(rank: int, world: int, port: int, tmp: str, queue) -> None:
-    import os
-
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
+    set_rank_env(rank, world, port)
     torch.set_num_threads(1)
     from pathlib import Path
 
@@ -257,26 +248,8 @@ DDP_OVERRIDES = [
 
 
 def test_two_gloo_processes_write_each_file_once_and_agree(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
     _dataset(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=_ddp_beamvq_worker, args=(r, 2, port, str(tmp_path), queue))
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_ranks(_ddp_beamvq_worker, 2, str(tmp_path))
     assert results[0].keys() == results[1].keys()
     for key in results[0]:
         assert results[0][key] == results[1][key], key  # parameters and code-bank buffers

@@ -81,7 +81,9 @@ def test_two_variables_with_levels_make_windows_and_statistics(per, tmp_path):
     if per == "channel":  # every channel is standardized on its own
         assert sample["x"].mean(dim=(0, 2, 3)).abs().max() < 1.0
     raw = torch.from_numpy(layout.stack(ds.isel(trajectory=0, time=slice(0, 3))))
-    torch.testing.assert_close(back.denormalize(sample["x"].double()), raw.double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        back.denormalize(sample["x"].double()), raw.double(), atol=1e-4, rtol=0
+    )
 
 
 def test_old_normalization_files_still_load(tmp_path):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from gloo import run_ranks, set_rank_env
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -151,13 +149,7 @@ def test_bf16_autocast_trains(tmp_path):
 
 
 def _ddp_worker(rank, world, port, run_dir, queue):
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_rank_env(rank, world, port)
     torch.set_num_threads(1)
     from physforecast.training.distributed import cleanup_distributed, init_distributed
 
@@ -166,30 +158,33 @@ def _ddp_worker(rank, world, port, run_dir, queue):
     cfg = Config()
     cfg.data.batch_size = 4
     cfg.train = TrainConfig(epochs=2, lr=3e-3, device="cpu")
-    trainer = Trainer(Net(), cfg.train, run_dir=run_dir, config=cfg, dist_info=info)
+    calls = {"n": 0}
+
+    def counting_allreduce(state, bucket):  # the plain all-reduce, counted
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        state["n"] += 1
+        return allreduce_hook(None, bucket)
+
+    trainer = Trainer(
+        Net(),
+        cfg.train,
+        run_dir=run_dir,
+        config=cfg,
+        dist_info=info,
+        comm_hook=(calls, counting_allreduce),
+    )
     hist = trainer.fit(Toy(), Toy(8))
     flat = torch.cat([p.detach().ravel() for p in trainer.model.parameters()])
-    queue.put((rank, flat.tolist(), hist[-1]["val_loss"], trainer.step))
+    queue.put((rank, (rank, flat.tolist(), hist[-1]["val_loss"], trainer.step, calls["n"])))
     cleanup_distributed()
 
 
 def test_ddp_two_gloo_processes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path), queue)) for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    (r0, w0, v0, s0), (r1, w1, v1, s1) = results
+    results = sorted(run_ranks(_ddp_worker, 2, str(tmp_path), timeout=240).values())
+    (r0, w0, v0, s0, c0), (r1, w1, v1, s1, c1) = results
     assert w0 == w1  # gradients were all-reduced: identical weights on both ranks
+    assert c0 == c1 >= s0  # the injected communication hook reduced every step's buckets
     assert v0 == pytest.approx(v1)  # validation loss reduced across ranks
     assert s0 == s1 == 2 * 3  # 24 windows / 2 ranks / batch 4 = 3 steps per epoch
     assert (tmp_path / "checkpoints" / "best.pt").exists()
@@ -203,3 +198,90 @@ def test_early_stopping_after_patience(tmp_path):
     trainer.model.drop.p = 0.0
     hist = trainer.fit(Toy(), Toy(8))
     assert [r["epoch"] for r in hist] == [1, 2, 3]
+
+
+def _weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().ravel() for p in model.parameters()])
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """Two micro-batches of 4 accumulated into one step = one batch of 8 (same order)."""
+
+    def run(batch_size, accumulate):
+        torch.manual_seed(0)
+        cfg = Config()
+        cfg.data.batch_size = batch_size
+        cfg.train = TrainConfig(epochs=2, lr=3e-3, device="cpu", accumulate=accumulate)
+        net = Net()
+        net.drop.p = 0.0
+        trainer = Trainer(net, cfg.train, config=cfg)
+        trainer.fit(Toy(), None)
+        return trainer
+
+    big, small = run(8, 1), run(4, 2)
+    assert big.step == small.step == 2 * 3
+    torch.testing.assert_close(_weights(small.model), _weights(big.model), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="accumulate"):
+        Trainer(Net(), TrainConfig(accumulate=0, device="cpu"))
+
+
+def test_injected_optimizer_scheduler_averager_and_step_callbacks(tmp_path):
+    seen, averaged = [], []
+
+    class Recorder:
+        def average_parameters(self, params):
+            averaged.append(len(list(params)))
+
+    trainer = Trainer(
+        Net(),
+        TrainConfig(epochs=2, device="cpu"),
+        optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+        scheduler=lambda opt, total: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        averager=Recorder(),
+        on_step=[lambda tr, logs: seen.append(logs["lr"])],
+    )
+    trainer.fit(Toy(), None)
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert len(seen) == len(averaged) == trainer.step == 2 * 2  # 24 windows, batch 16
+    assert seen == pytest.approx([0.1 * 0.5**k for k in range(4)])  # stepped after every step
+
+
+def test_ema_follows_the_weights_and_is_what_validation_and_loading_use(tmp_path):
+    decay = 0.6
+    trainer = make(tmp_path, epochs=1, ema=decay)
+    trainer.model.drop.p = 0.0
+    history = []
+    trainer.on_step.append(lambda tr, logs: history.append(_weights(tr.model).clone()))
+    trainer.fit(Toy(), Toy(8))
+    ema = history[0]
+    for w in history[1:]:
+        ema = decay * ema + (1 - decay) * w
+    torch.testing.assert_close(_weights(trainer.ema.module), ema)
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert state["ema_count"] == len(history)
+    torch.testing.assert_close(torch.cat([v.ravel() for v in state["ema"].values()]), ema)
+    with pytest.raises(ValueError, match="train.ema"):
+        Trainer(Net(), TrainConfig(ema=1.0, device="cpu"))
+
+
+def test_constant_schedule_and_bad_schedule(tmp_path):
+    trainer = make(tmp_path, epochs=2, schedule="constant")
+    hist = trainer.fit(Toy(), None)
+    assert all(r["lr"] == pytest.approx(3e-3) for r in hist)
+    with pytest.raises(ValueError, match="train.schedule"):
+        make(tmp_path, schedule="cyclic").fit(Toy(), None)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    from physforecast.training.trainer import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_epoch_lines_when_not_on_a_terminal(tmp_path, capsys):
+    make(tmp_path, epochs=2).fit(Toy(), Toy(8))
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train epoch")]
+    assert len(lines) == 2 and "val" in lines[0] and "samples/s" in lines[0] and "ETA" in lines[0]
