@@ -72,6 +72,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     from physforecast.forecast.rollout import RolloutBlowupError
     from physforecast.metrics.verification import truth_for
     from physforecast.plots import save_forecast_plots
+    from physforecast.run_dir import RunDir
 
     forecaster = pf.load(args.run_dir, args.checkpoint)
     ds = open_dataset(args.input)
@@ -89,7 +90,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if args.plots:
         has_truth = int(forecast["init_index"].max()) + 1 < ds.sizes["time"]
         truth = truth_for(forecast, ds) if has_truth else None
-        written = save_forecast_plots(forecast, Path(args.run_dir) / "plots", truth)
+        written = save_forecast_plots(forecast, RunDir(args.run_dir).plots_dir, truth)
         print("plots: " + ", ".join(str(p) for p in written.values()))
     return 0
 

@@ -113,9 +113,14 @@ class RunDir:
         folder = self.path / self.CHECKPOINTS
         return (folder / stage if stage else folder) / f"{name}.pt"
 
+    @property
+    def plots_dir(self) -> Path:
+        """``plots/``, where the run's figures go."""
+        return self.path / self.PLOTS
+
     def plot_path(self, name: str) -> Path:
         """``plots/<name>.png``."""
-        return self.path / self.PLOTS / f"{name}.png"
+        return self.plots_dir / f"{name}.png"
 
     def exists(self) -> bool:
         """Whether the directory holds a run (its ``config.yaml``)."""
