@@ -31,7 +31,13 @@ __all__ = ["Coordinator", "FederatedRoundError"]
 
 
 class FederatedRoundError(RuntimeError):
-    """A round could not complete; the global model is that of the last complete round."""
+    """A round could not complete; the global model is that of the last complete round.
+
+    :func:`~physforecast.federated.runner.run_federated` attaches the cost profile of
+    the rounds that did complete as ``err.profile`` (a :class:`~physforecast.federated.profile.RunProfile`).
+    """
+
+    profile = None
 
 
 class Coordinator:

@@ -488,9 +488,15 @@ def _drive(session: _Session, scheme, config: FederatedConfig, roles) -> Federat
         setup={**session.setup, "parties": {n: {"setup_s": m["setup_s"]} for n, m in info.items()}},
         networks={n: m.to_dict() for n, m in networks.items()},
     )
-    for r in tqdm(range(1, config.rounds + 1), desc="federated rounds", disable=not session.progress):
-        profile.rounds.append(coord.run_round(r))
-    results = coord.finish(config.finetune_steps, config.finetune_lr)
+    try:
+        for r in tqdm(
+            range(1, config.rounds + 1), desc="federated rounds", disable=not session.progress
+        ):
+            profile.rounds.append(coord.run_round(r))
+        results = coord.finish(config.finetune_steps, config.finetune_lr)
+    except FederatedRoundError as err:
+        err.profile = profile  # the rounds that did complete
+        raise
     return FederatedResult(results, profile, dict(coord.dropped), None)
 
 
