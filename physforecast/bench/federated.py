@@ -38,7 +38,9 @@ _SIZES = {"unet-8": 8, "unet-16": 16}
 def _machine() -> str:
     import torch
 
-    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
+    load = (
+        f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
+    )
     return (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} logical CPUs{load}, Python {platform.python_version()}, "
@@ -53,7 +55,9 @@ def _files(root: Path, quick: bool) -> tuple[list[Path], Path]:
     opts = {"size": 32, "n_steps": steps, "progress": False}
     sources = []
     for i in range(1 if quick else 3):
-        ds = open_dataset("ns2d", options={**opts, "n_trajectories": 4 if quick else 16, "seed": 101 + i})
+        ds = open_dataset(
+            "ns2d", options={**opts, "n_trajectories": 4 if quick else 16, "seed": 101 + i}
+        )
         sources.append(write_dataset(ds, root / f"source{i + 1}.nc"))
     target = write_dataset(
         open_dataset("ns2d", options={**opts, "n_trajectories": 4, "seed": 200}), root / "target.nc"
@@ -94,7 +98,12 @@ def _accuracy(sources, target, quick: bool) -> dict[str, list[float]]:
     from physforecast.federated.baselines import train_centralised, train_local_only
     from physforecast.federated.runner import FederatedConfig, run_federated
 
-    out: dict[str, list[float]] = {"transfer": [], "fedavg": [], "local only": [], "centralised": []}
+    out: dict[str, list[float]] = {
+        "transfer": [],
+        "fedavg": [],
+        "local only": [],
+        "centralised": [],
+    }
     for seed in range(1 if quick else 3):
         base = dict(
             backbone_options={"hidden": 4 if quick else 8, "padding_mode": "circular"},
@@ -180,14 +189,22 @@ def run(quick: bool = False) -> str:
     lines = [
         "# Federated transfer learning: costs and accuracy",
         "",
-        ("**Quick smoke run** (in-process threads, tiny model): not a measurement." if quick else ""),
+        (
+            "**Quick smoke run** (in-process threads, tiny model): not a measurement."
+            if quick
+            else ""
+        ),
         f"Machine: {machine}. Shared by other jobs: ratios are more reliable than absolute times.",
         "",
         "Command: `physforecast bench federated" + (" --quick" if quick else "") + "`",
         "",
         "Setting: ns2d 32 x 32, `in_steps=2`, `out_steps=2`, U-Net (`hidden` = 8 or 16, "
         "circular padding), transfer sharing (encoder trunk), batch 8, "
-        + ("2 local steps per round." if quick else "10 local steps per round, 3 rounds per run (Paillier: 1).")
+        + (
+            "2 local steps per round."
+            if quick
+            else "10 local steps per round, 3 rounds per run (Paillier: 1)."
+        )
         + " Each run is one federation (processes: "
         + ("no, threads" if quick else "yes, one per party")
         + "). Labels: `<model> <parties>p <scheme>`.",
@@ -195,19 +212,27 @@ def run(quick: bool = False) -> str:
         profile_markdown(runs),
         "## Accuracy on the target (test RMSE of vorticity, s^-1)",
         "",
-        "| method | " + " | ".join(f"seed {i}" for i in range(len(acc["transfer"]))) + " | mean | vs local only |",
+        "| method | "
+        + " | ".join(f"seed {i}" for i in range(len(acc["transfer"])))
+        + " | mean | vs local only |",
         "|---|" + "---|" * (len(acc["transfer"]) + 2),
     ]
     local = statistics.mean(acc["local only"])
     for name, vals in acc.items():
         m = statistics.mean(vals)
         lines.append(
-            f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {m:.4f} | {m / local:.2f} |"
+            f"| {name} | "
+            + " | ".join(f"{v:.4f}" for v in vals)
+            + f" | {m:.4f} | {m / local:.2f} |"
         )
     lines += [
         "",
         "Same step budget for all: the federation runs "
-        + ("1 round x 2 steps + 2 fine-tuning steps" if quick else "4 rounds x 15 steps per party + 30 target fine-tuning steps")
+        + (
+            "1 round x 2 steps + 2 fine-tuning steps"
+            if quick
+            else "4 rounds x 15 steps per party + 30 target fine-tuning steps"
+        )
         + "; local only trains the target for as many steps as its own share; centralised "
         "trains one model on the pooled windows for the federation's total and fine-tunes "
         "likewise (an upper bound: it moves the data).",

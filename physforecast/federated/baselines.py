@@ -74,7 +74,11 @@ def train_centralised(
     trainer.run(len(datas) * config.rounds * config.local_steps)
     if config.finetune_steps:
         tuner = LocalTrainer(
-            model, tdata.train_samples, lr=config.finetune_lr, batch_size=config.batch_size, seed=config.seed
+            model,
+            tdata.train_samples,
+            lr=config.finetune_lr,
+            batch_size=config.batch_size,
+            seed=config.seed,
         )
         tuner.run(config.finetune_steps)
     forecast, truth = forecast_test(model, tdata)

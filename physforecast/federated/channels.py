@@ -101,7 +101,7 @@ class SocketChannel:
         self.sock.settimeout(timeout)
         try:
             (size,) = _LEN.unpack(self._read(_LEN.size))
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise TimeoutError(f"no message within {timeout} s") from None
         except OSError as err:
             if isinstance(err, ChannelClosed):
@@ -112,7 +112,7 @@ class SocketChannel:
             raise ChannelClosed(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
         try:
             frame = self._read(size)
-        except (TimeoutError, socket.timeout, OSError) as err:
+        except (TimeoutError, OSError) as err:
             self.close()
             if isinstance(err, ChannelClosed):
                 raise
@@ -201,7 +201,7 @@ def accept(server: socket.socket, timeout: float, tap: Tap | None = None) -> Soc
     server.settimeout(timeout)
     try:
         conn, addr = server.accept()
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise TimeoutError(f"no party connected within {timeout} s") from None
     if addr[0] != LOOPBACK:
         conn.close()

@@ -25,9 +25,8 @@ def _files(text: str) -> list[str]:
 
 
 def _cmd_federated(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import sys
+    from pathlib import Path
 
     from .coordinator import FederatedRoundError
     from .runner import FederatedConfig, run_federated

@@ -114,9 +114,18 @@ class Coordinator:
             return False
 
     def _collect(
-        self, kind: str, names: list[str], round: int | None, timeout: float | None = None
+        self,
+        kind: str,
+        names: list[str],
+        round: int | None,
+        timeout: float | None = None,
+        attempt: int = 0,
     ) -> tuple[dict[str, Message], dict[str, str]]:
-        """Wait for one ``kind`` message from each of ``names``; return (replies, dropouts)."""
+        """Wait for one ``kind`` message from each of ``names``; return (replies, dropouts).
+
+        Messages of another kind, round or upload ``attempt`` are stale and skipped: an
+        update masked for the participants of an earlier attempt must never be summed.
+        """
         timeout = self.round_timeout if timeout is None else timeout
         deadline = clock() + timeout
         got: dict[str, Message] = {}
@@ -130,10 +139,7 @@ class Coordinator:
             if name is None:
                 for n in names:
                     if n not in got and n not in dead:
-                        dead[n] = (
-                            f"sent no {kind!r} within {timeout:g} s "
-                            "(unresponsive)"
-                        )
+                        dead[n] = f"sent no {kind!r} within {timeout:g} s (unresponsive)"
                 break
             if name not in names or name in got or name in dead:
                 continue
@@ -141,8 +147,11 @@ class Coordinator:
                 detail = self.describe_dropout(name)
                 dead[name] = f"closed its connection ({item})" + (f"; {detail}" if detail else "")
                 continue
-            if item.kind != kind or (round is not None and item.meta.get("round") != round):
-                continue  # a stale message (an earlier round's); keep waiting
+            stale = round is not None and (
+                item.meta.get("round") != round or item.meta.get("attempt", 0) != attempt
+            )
+            if item.kind != kind or stale:
+                continue  # an earlier round's or attempt's message; keep waiting
             got[name] = item
         return got, dead
 
@@ -190,6 +199,12 @@ class Coordinator:
                 f"parties built different shared parts ({sorted(shared)} values): check that "
                 "every party's file has the same variables and grid"
             )
+        if len({m.meta["initial_digest"] for m in got.values()}) != 1:
+            self.abort("parties start from different shared weights")
+            raise FederatedRoundError(
+                "parties built different initial shared weights from the same seed; every "
+                "party must run the same physforecast and backbone versions"
+            )
         self.info = {n: m.meta for n, m in got.items()}
         return self.info
 
@@ -211,17 +226,21 @@ class Coordinator:
             if self._send(name, msg):
                 pt.round_bytes = pt.trigger_bytes = msg.nbytes
         updates, dead = self._collect("update", participants, r)
+        attempt = 0
         while dead:
             trace.dropped += list(dead)
             self._drop(dead, f"round {r}")
             updates = {n: m for n, m in updates.items() if n in self.alive}
             if not self.scheme.needs_all_uploads:
                 break
+            attempt += 1
             for name in self.alive:
-                msg = Message("reupload", {"round": r, "participants": list(self.alive)})
+                msg = Message(
+                    "reupload", {"round": r, "attempt": attempt, "participants": list(self.alive)}
+                )
                 if self._send(name, msg):
                     trace.parties[name].trigger_bytes = msg.nbytes
-            updates, dead = self._collect("update", list(self.alive), r)
+            updates, dead = self._collect("update", list(self.alive), r, attempt=attempt)
         for name, m in updates.items():
             pt = trace.parties[name]
             pt.trigger = str(m.meta["trigger"])

@@ -25,7 +25,10 @@ __all__ = ["deal_keys", "deal_keys_in_subprocess", "main"]
 
 
 def deal_keys(
-    scheme: str, options: dict[str, Any], party_file: str | os.PathLike, coordinator_file: str | os.PathLike
+    scheme: str,
+    options: dict[str, Any],
+    party_file: str | os.PathLike,
+    coordinator_file: str | os.PathLike,
 ) -> dict[str, Any]:
     """Generate keys and write them; returns the keygen time and the two sizes in bytes."""
     t0 = time.perf_counter()

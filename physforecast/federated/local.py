@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,14 +138,19 @@ def build_model(spec: dict[str, Any], in_channels: int) -> nn.Module:
     """
     from physforecast import create_backbone
 
-    torch.manual_seed(int(spec["seed"]))
-    return create_backbone(
-        spec["backbone"],
-        in_steps=int(spec["in_steps"]),
-        out_steps=int(spec["out_steps"]),
-        in_channels=in_channels,
-        **dict(spec.get("options") or {}),
-    )
+    # the global RNG is shared by threads (in-process parties): build one model at a time
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec["seed"]))
+        return create_backbone(
+            spec["backbone"],
+            in_steps=int(spec["in_steps"]),
+            out_steps=int(spec["out_steps"]),
+            in_channels=in_channels,
+            **dict(spec.get("options") or {}),
+        )
+
+
+_BUILD_LOCK = threading.Lock()
 
 
 class LocalTrainer:

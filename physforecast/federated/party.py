@@ -26,6 +26,7 @@ the party. Run as a process with ``python -m physforecast.federated.party``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -161,6 +162,9 @@ class Party:
                     "n_test": len(self.data.test),
                     "n_params": int(n_params),
                     "n_shared": int(self.global_vector.size),
+                    # the initial shared weights come from the public seed: their digest
+                    # lets the coordinator check that every party starts from the same ones
+                    "initial_digest": hashlib.sha256(self.global_vector.tobytes()).hexdigest(),
                     "setup_s": clock() - t0,
                 },
             )
@@ -188,7 +192,8 @@ class Party:
         assert self._pending is not None
         values = self._pending[1]
         t1 = clock()
-        ct = self.cipher.encrypt(values, RoundContext(r, self.name, participants))
+        attempt = int(trigger.meta.get("attempt", 0))
+        ct = self.cipher.encrypt(values, RoundContext(r, self.name, participants, attempt))
         t2 = clock()
         blobs = self.cipher.serialize(ct)
         t3 = clock()
@@ -203,6 +208,7 @@ class Party:
                     "n_values": int(values.size),
                     "plain_bytes": 4 * int(values.size),
                     "trigger": trigger.kind,
+                    "attempt": attempt,
                     "received_at": trigger.received_at,
                     "trigger_sent_at": trigger.sent_at,
                     "timing": {**timing, "encrypt": t2 - t1, "serialise": t3 - t2},
@@ -318,7 +324,9 @@ class Party:
                 "n_train": len(self.data.train),
                 "n_val": len(self.data.val),
                 "n_test": len(self.data.test),
-                "shared_parameters": int(self.global_vector.size) if self.global_vector is not None else 0,
+                "shared_parameters": int(self.global_vector.size)
+                if self.global_vector is not None
+                else 0,
                 "finetune_steps": steps,
                 "committed_round": self.committed_round,
                 "test_rmse": rmse,

@@ -271,7 +271,9 @@ def profile_round(trace: RoundTrace, networks: Mapping[str, NetworkModel]) -> Ro
             compute=float(p.up_timing.get("compute", 0.0) + p.down_timing.get("compute", 0.0)),
             encrypt=float(p.up_timing.get("encrypt", 0.0)),
             decrypt=float(p.down_timing.get("decrypt", 0.0)),
-            serialise=float(p.up_timing.get("serialise", 0.0) + p.down_timing.get("serialise", 0.0)),
+            serialise=float(
+                p.up_timing.get("serialise", 0.0) + p.down_timing.get("serialise", 0.0)
+            ),
             ipc_up=(p.update_received_at - p.update_sent_at) + (p.ack_received_at - p.ack_sent_at),
             ipc_down=(p.trigger_received_at - p.trigger_sent_at)
             + (p.aggregate_received_at - p.aggregate_sent_at),

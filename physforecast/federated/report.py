@@ -51,14 +51,25 @@ def profile_markdown(runs: Mapping[str, RunProfile]) -> str:
     for label, prof in runs.items():
         wall = prof.mean_wall()
         crit = prof.mean_critical()
-        cells = [f"{crit[c]:.3f} ({100 * crit[c] / wall:.0f}%)" if wall else "-" for c in CATEGORIES]
+        cells = [
+            f"{crit[c]:.3f} ({100 * crit[c] / wall:.0f}%)" if wall else "-" for c in CATEGORIES
+        ]
         lines.append(
             f"| {label} | {prof.model['n_params']} ({prof.model['n_shared']}) | {wall:.3f} | "
             + " | ".join(cells)
             + " |"
         )
     lines += ["", "## Bytes per party per round and key sizes", ""]
-    head = ["run", "plaintext", "update on wire", "expansion", "aggregate down", "party key", "coordinator key", "keygen s"]
+    head = [
+        "run",
+        "plaintext",
+        "update on wire",
+        "expansion",
+        "aggregate down",
+        "party key",
+        "coordinator key",
+        "keygen s",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, prof in runs.items():
         parties = [p for r in prof.rounds for p in r.parties.values()]

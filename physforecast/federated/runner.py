@@ -248,7 +248,9 @@ def run_federated(
             raise FileNotFoundError(f"party dataset {p!r} does not exist")
     names = party_names(paths)
     if len(names) < config.min_parties:
-        raise ValueError(f"need at least min_parties={config.min_parties} parties; got {len(names)}")
+        raise ValueError(
+            f"need at least min_parties={config.min_parties} parties; got {len(names)}"
+        )
     target_names = party_names(targets)
     unknown = [t for t in target_names if t not in names]
     if unknown or not target_names:
@@ -395,9 +397,9 @@ class _InjectedCrash(ConnectionAbortedError):
 def _launch_threads(names, paths, scheme, config, key_dir, out_dir, faults, tap) -> _Session:
     import time
 
-    from .party import Party
-
     from physforecast.registry import BACKBONES, METRICS
+
+    from .party import Party
 
     # Registry population is not thread-safe: fill them before the party threads start
     BACKBONES.names()
@@ -507,7 +509,9 @@ def _write_run(out: Path, result: FederatedResult, config, roles, paths) -> None
     files.write_json(files.profile_json_path(out), result.profile.to_dict())
     files.write_text(files.profile_markdown_path(out), profile_markdown({"run": result.profile}))
     fig = profile_figure({"run": result.profile})
-    files.atomic_write(files.profile_plot_path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    files.atomic_write(
+        files.profile_plot_path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=110)
+    )
     files.write_json(
         files.run_summary_path(out),
         {

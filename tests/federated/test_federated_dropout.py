@@ -92,4 +92,6 @@ def test_proceeding_without_a_party_averages_exactly_the_survivors(
 def test_too_few_survivors_stop_the_run(party_files, tiny_config):
     cfg = tiny_config(scheme="none", on_dropout="proceed", min_parties=2)
     with pytest.raises(FederatedRoundError, match="fewer than min_parties=2"):
-        run_federated(party_files[:2], party_files[1:2], cfg, processes=False, faults={"a": "exit:1"})
+        run_federated(
+            party_files[:2], party_files[1:2], cfg, processes=False, faults={"a": "exit:1"}
+        )

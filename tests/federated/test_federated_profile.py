@@ -17,24 +17,51 @@ from physforecast.federated.runner import run_federated
 def _trace() -> RoundTrace:
     """Two parties; b is the straggler of phase A, a the last to acknowledge."""
     a = PartyTrace(
-        trigger_sent_at=0.0, trigger_received_at=0.1, trigger_bytes=100, round_bytes=100,
-        update_sent_at=1.6, update_received_at=1.7, update_bytes=10_000, plain_bytes=1000,
+        trigger_sent_at=0.0,
+        trigger_received_at=0.1,
+        trigger_bytes=100,
+        round_bytes=100,
+        update_sent_at=1.6,
+        update_received_at=1.7,
+        update_bytes=10_000,
+        plain_bytes=1000,
         up_timing={"compute": 1.0, "encrypt": 0.4, "serialise": 0.05},
-        aggregate_sent_at=3.6, aggregate_received_at=3.7, aggregate_bytes=9000,
-        ack_sent_at=4.4, ack_received_at=4.5, ack_bytes=50,
+        aggregate_sent_at=3.6,
+        aggregate_received_at=3.7,
+        aggregate_bytes=9000,
+        ack_sent_at=4.4,
+        ack_received_at=4.5,
+        ack_bytes=50,
         down_timing={"serialise": 0.1, "decrypt": 0.3, "compute": 0.2},
     )
     b = PartyTrace(
-        trigger_sent_at=0.2, trigger_received_at=0.3, trigger_bytes=100, round_bytes=100,
-        update_sent_at=3.0, update_received_at=3.2, update_bytes=10_000, plain_bytes=1000,
+        trigger_sent_at=0.2,
+        trigger_received_at=0.3,
+        trigger_bytes=100,
+        round_bytes=100,
+        update_sent_at=3.0,
+        update_received_at=3.2,
+        update_bytes=10_000,
+        plain_bytes=1000,
         up_timing={"compute": 2.0, "encrypt": 0.5, "serialise": 0.1},
-        aggregate_sent_at=3.5, aggregate_received_at=3.55, aggregate_bytes=9000,
-        ack_sent_at=3.9, ack_received_at=4.0, ack_bytes=50,
+        aggregate_sent_at=3.5,
+        aggregate_received_at=3.55,
+        aggregate_bytes=9000,
+        ack_sent_at=3.9,
+        ack_received_at=4.0,
+        ack_bytes=50,
         down_timing={"serialise": 0.1, "decrypt": 0.2, "compute": 0.05},
     )
     return RoundTrace(
-        round=1, start=0.0, all_updates_at=3.2, aggregated_at=3.5, end=4.5,
-        deserialise_s=0.05, aggregate_s=0.2, serialise_s=0.04, parties={"a": a, "b": b},
+        round=1,
+        start=0.0,
+        all_updates_at=3.2,
+        aggregated_at=3.5,
+        end=4.5,
+        deserialise_s=0.05,
+        aggregate_s=0.2,
+        serialise_s=0.04,
+        parties={"a": a, "b": b},
     )
 
 
@@ -55,7 +82,12 @@ def test_the_critical_path_follows_the_straggler_and_sums_to_the_wall_time():
     assert prof.parties["a"].expansion == pytest.approx(10_050 / 1000)
     # WAN: measured IPC (0.8 s) replaced by four modelled phases
     net = network("wan")
-    modelled = net.phase([100, 100]) + net.phase([10_000] * 2) + net.phase([9000] * 2) + net.phase([50] * 2)
+    modelled = (
+        net.phase([100, 100])
+        + net.phase([10_000] * 2)
+        + net.phase([9000] * 2)
+        + net.phase([50] * 2)
+    )
     assert prof.wan["wan"] == pytest.approx(4.5 - 0.8 + modelled)
 
 

@@ -49,7 +49,11 @@ def test_loopback_socket_carries_frames_and_stamps_sizes_and_times():
     assert host == LOOPBACK
     seen = []
     box = {}
-    t = threading.Thread(target=lambda: box.setdefault("ch", accept(server, 10, tap=lambda d, f, m: seen.append((d, len(f))))))
+    t = threading.Thread(
+        target=lambda: box.setdefault(
+            "ch", accept(server, 10, tap=lambda d, f, m: seen.append((d, len(f))))
+        )
+    )
     t.start()
     client = connect(port)
     t.join(10)

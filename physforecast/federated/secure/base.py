@@ -60,11 +60,16 @@ class KeyMaterial:
 
 @dataclass(frozen=True)
 class RoundContext:
-    """Who encrypts in which round: pairwise masking derives its masks from it."""
+    """Who encrypts in which round: pairwise masking derives its masks from it.
+
+    ``attempt`` counts uploads within a round (0, then 1, 2... after dropouts), so that a
+    re-upload uses fresh masks.
+    """
 
     round: int
     party: str
     participants: tuple[str, ...]
+    attempt: int = 0
 
 
 class PartyCipher(ABC):

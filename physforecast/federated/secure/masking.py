@@ -5,7 +5,8 @@ Each party encodes its vector in 64-bit fixed point and adds, for every other pa
 after), all modulo ``2**64``. Every mask appears once with each sign, so the masks cancel
 in the sum and the coordinator recovers the exact fixed-point sum, while each masked
 vector alone is uniformly random to it. The masks come from a seed derived from the
-parties' shared secret, the round and the pair (SHA-256 into numpy's PCG64).
+parties' shared secret, the round, the upload attempt and the pair (SHA-256 into
+numpy's PCG64), so a re-upload after a dropout is masked afresh.
 
 Cheaper than encryption (one PRG stream per peer), but the coordinator learns the sum,
 and the masks cancel only over exactly the announced participants: after a dropout
@@ -26,12 +27,11 @@ from .fixedpoint import from_fixed, to_fixed
 __all__ = ["MaskingScheme"]
 
 
-def _mask(secret: bytes, round: int, a: str, b: str, n: int) -> np.ndarray:
-    """The (n,) uint64 mask shared by parties ``a`` and ``b`` in ``round``."""
+def _mask(secret: bytes, round: int, attempt: int, a: str, b: str, n: int) -> np.ndarray:
+    """The (n,) uint64 mask shared by parties ``a`` and ``b`` in one upload attempt of ``round``."""
     lo, hi = sorted((a, b))
-    digest = hashlib.sha256(
-        b"|".join([secret, str(round).encode(), lo.encode(), hi.encode()])
-    ).digest()
+    tag = f"{round}/{attempt}".encode()
+    digest = hashlib.sha256(b"|".join([secret, tag, lo.encode(), hi.encode()])).digest()
     gen = np.random.PCG64(int.from_bytes(digest, "big"))
     return gen.random_raw(n).astype(np.uint64)
 
@@ -54,7 +54,7 @@ class _MaskingParty(PartyCipher):
         for other in ctx.participants:
             if other == ctx.party:
                 continue
-            m = _mask(self.secret, ctx.round, ctx.party, other, out.size)
+            m = _mask(self.secret, ctx.round, ctx.attempt, ctx.party, other, out.size)
             out = out + m if ctx.party < other else out - m  # wraps modulo 2**64
         return out
 
