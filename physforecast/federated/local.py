@@ -227,7 +227,7 @@ class LocalTrainer:
 
 def forecast_test(model: nn.Module, data: LocalData) -> tuple[xr.Dataset, xr.Dataset]:
     """Forecast and truth Datasets of the party's test windows, in physical units."""
-    from physforecast.rollout import forecast_windows
+    from physforecast.forecast.windows import forecast_windows
 
     return forecast_windows(model, data.test, data.normalizer)
 

@@ -289,7 +289,7 @@ class Party:
             return
         import torch
 
-        from physforecast.training import save_checkpoint
+        from physforecast.checkpoint import save_checkpoint
 
         save_checkpoint(
             {
@@ -304,7 +304,7 @@ class Party:
         if self.out_dir is None:
             return []
         from physforecast.metrics import score, write_scorecard
-        from physforecast.training import save_checkpoint
+        from physforecast.checkpoint import save_checkpoint
 
         card = score(forecast, truth)
         paths = list(write_scorecard(card, self.out_dir))
