@@ -20,12 +20,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch.distributed as dist
-from torch.distributed.algorithms.model_averaging import utils as averaging_utils
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
 from physforecast.registry import Registry
 
-from .dssync import GROUP_SCHEDULES, DSSyncAverager, params_to_average
+from .dssync import GROUP_SCHEDULES, DSSyncAverager, average_parameters
 
 __all__ = ["AVERAGERS", "PeriodicAveraging"]
 
@@ -59,14 +58,19 @@ class PeriodicAveraging(PeriodicModelAverager):
         super().__init__(period=period, warmup_steps=warmup_steps, process_group=process_group)
 
     def average_parameters(self, params: Iterable[Any]) -> None:
-        """Average every ``period`` steps after the warm-up (parameters without ``.grad`` included)."""
+        """Average every ``period`` steps after the warm-up.
+
+        Unlike torch's version, parameters without ``.grad`` are included and complex
+        parameters travel as real pairs (see
+        :func:`~physforecast.training.dssync.average_parameters`).
+        """
         if self.step >= self.warmup_steps and (self.step - self.warmup_steps) % self.period == 0:
-            averaging_utils.average_parameters(iter(params_to_average(params)), self.process_group)
+            average_parameters(params, self.process_group)
         self.step += 1
 
     def final_average(self, params: Iterable[Any]) -> None:
         """One global average of ``params``."""
-        averaging_utils.average_parameters(iter(params_to_average(params)), self.process_group)
+        average_parameters(params, self.process_group)
 
     def comm_hook(self):
         """The DDP comm hook to use with this averager: all-reduce during warm-up, then none."""

@@ -192,7 +192,8 @@ class BucketRecord:
     index : int
         ``GradBucket.index()``.
     params : list of (str, int, int)
-        ``(name, offset, numel)`` of each parameter's gradient in the bucket buffer.
+        ``(name, offset, length)`` of each parameter's gradient in the bucket buffer, in
+        buffer elements (a complex parameter takes two real elements per value).
     chunk_size : int
         Elements per chunk.
     kept : torch.Tensor
@@ -320,6 +321,7 @@ def _chunk_layers(
     n_chunks = math.ceil(numel / cs)
     layers = torch.full((n_chunks,), state.n_layers, dtype=torch.long)
     params, offset = [], 0
+    width = bucket.buffer().element_size()
     for p in bucket.parameters():
         try:
             name, layer = state.layers[id(p)]
@@ -328,10 +330,11 @@ def _chunk_layers(
                 f"DLCPState does not know a parameter of shape {tuple(p.shape)} in bucket "
                 f"{bucket.index()}: build DLCPState with the model that DDP wraps"
             ) from None
-        first, last = offset // cs, (offset + p.numel() - 1) // cs
+        n = p.numel() * p.element_size() // width  # a complex value is two real ones
+        first, last = offset // cs, (offset + n - 1) // cs
         layers[first : last + 1] = layers[first : last + 1].clamp(max=layer)
-        params.append((name, offset, p.numel()))
-        offset += p.numel()
+        params.append((name, offset, n))
+        offset += n
     if offset != numel:
         raise RuntimeError(
             f"bucket {bucket.index()} holds {numel} elements but its parameters {offset}; "

@@ -15,9 +15,9 @@ Two schedules of partitions:
 * :class:`ShuffleSchedule`: a seeded random partition per round, drawn from a cycle of
   ``cycle`` partitions (every process group is created once, up front).
 
-:class:`DSSyncAverager` runs a schedule on real processes (torch's
-``model_averaging.utils.average_parameters`` within ``torch.distributed.new_group``
-subgroups), :func:`simulate_mixing` on stacked tensors without processes.
+:class:`DSSyncAverager` (a torch ``ModelAverager``) runs a schedule on real processes,
+averaging within ``torch.distributed.new_group`` subgroups with
+:func:`average_parameters`, :func:`simulate_mixing` on stacked tensors without processes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms.model_averaging import utils as averaging_utils
 from torch.distributed.algorithms.model_averaging.averagers import ModelAverager
 
 from physforecast.registry import Registry
@@ -44,6 +43,7 @@ __all__ = [
     "simulate_mixing",
     "consensus_distance",
     "params_to_average",
+    "average_parameters",
 ]
 
 #: A partition of ranks ``0..N-1`` into disjoint groups (each a sorted tuple).
@@ -176,6 +176,36 @@ def params_to_average(params: Iterable[Any]) -> list[torch.Tensor]:
     return out
 
 
+def average_parameters(params: Iterable[Any], process_group: dist.ProcessGroup | None) -> None:
+    """Average ``params`` in place over ``process_group`` with one all-reduce.
+
+    The same flattening as torch's ``model_averaging.utils.average_parameters``, except
+    that complex tensors travel as pairs of reals and the values are copied back in
+    place. torch's version concatenates the raw tensors, so a single complex parameter
+    (the spectral weights of an FNO) turns the whole buffer complex: every real
+    parameter then travels at twice its size, and each call warns about discarded
+    imaginary parts.
+
+    Parameters
+    ----------
+    params : iterable
+        Parameters or optimizer param groups (see :func:`params_to_average`).
+    process_group : ProcessGroup or None
+        The group to average over (``None``: the default group).
+    """
+    tensors = params_to_average(params)
+    if not tensors:
+        return
+    views = [torch.view_as_real(p.data) if p.is_complex() else p.data for p in tensors]
+    flat = torch.cat([v.reshape(-1) for v in views])
+    flat /= dist.get_world_size(process_group)
+    dist.all_reduce(flat, group=process_group)
+    offset = 0
+    for v in views:
+        v.copy_(flat[offset : offset + v.numel()].view_as(v))
+        offset += v.numel()
+
+
 class DSSyncAverager(ModelAverager):
     """Average parameters within shuffled groups after every optimizer step.
 
@@ -245,14 +275,12 @@ class DSSyncAverager(ModelAverager):
         if self.step >= self.warmup_steps:
             members = self.current_group()
             if len(members) > 1:
-                averaging_utils.average_parameters(
-                    iter(params_to_average(params)), self.groups[members]
-                )
+                average_parameters(params, self.groups[members])
         self.step += 1
 
     def final_average(self, params: Iterable[Any]) -> None:
         """Average ``params`` over all ranks of the process group (the final global average)."""
-        averaging_utils.average_parameters(iter(params_to_average(params)), self.process_group)
+        average_parameters(params, self.process_group)
 
     def comm_hook(self):
         """The DDP comm hook to use with this averager: all-reduce during warm-up, then none."""

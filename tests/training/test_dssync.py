@@ -151,6 +151,15 @@ def _dssync_worker(rank: int, world: int) -> dict:
     out["identical_after_final"] = all(torch.equal(gathered[0], v) for v in gathered)
     out["bytes"] = averager.bytes_per_average(model.parameters())
 
+    # 2b. complex parameters (an FNO's spectral weights) average as complex numbers
+    spectral = nn.ParameterList(
+        [nn.Parameter(torch.full((3,), complex(rank, -rank))), nn.Parameter(torch.ones(2) * rank)]
+    )
+    averager.final_average(spectral.parameters())
+    out["complex_mean"] = spectral[0].detach().tolist()
+    out["complex_dtypes"] = [str(p.dtype) for p in spectral.parameters()]
+    out["real_mean"] = spectral[1].detach().tolist()
+
     # 3. periodic averaging (local SGD): average on steps 0, 2, 4 ...
     torch.manual_seed(rank)
     model = nn.Linear(3, 1)
@@ -189,6 +198,9 @@ def test_dssync_keeps_gradients_local_and_final_average_agrees(dssync_results):
         assert r["distinct_before_final"] > 1
         assert r["identical_after_final"]
         assert r["bytes"] == (4 * 3 + 3) * 4
+        assert r["complex_mean"] == [complex(1.5, -1.5)] * 3
+        assert r["complex_dtypes"] == ["torch.complex64", "torch.float32"]
+        assert r["real_mean"] == [1.5, 1.5]
 
 
 def test_periodic_averaging_every_second_step(dssync_results):
