@@ -80,6 +80,7 @@ class Setup:
     steps: int
     lr: float
     bounds: tuple[float, ...]
+    stress_bounds: tuple[float, ...]
     chunk_size: int
     seeds: tuple[int, ...]
     surge_backbone: dict[str, Any]
@@ -112,15 +113,16 @@ FULL = Setup(
     backbone={"name": "fno", "hidden": 16, "modes": 8, "n_layers": 2},
     world=4,
     local_batch=8,
-    steps=150,
+    steps=120,
     lr=3e-3,
     bounds=(0.01, 0.05, 0.10),
+    stress_bounds=(0.5,),
     chunk_size=64,
     seeds=(0, 1),
     surge_backbone={"name": "fno", "hidden": 8, "modes": 6, "n_layers": 2},
     surge_batches=(2, 4, 8, 16, 32, 64),
-    surge_lrs=tuple(float(x) for x in np.geomspace(1e-4, 1e-1, 10)),
-    surge_examples=1024,
+    surge_lrs=tuple(float(x) for x in np.geomspace(1e-3, 1e-1, 7)),
+    surge_examples=768,
     surge_seeds=(0, 1),
 )
 
@@ -134,6 +136,7 @@ QUICK = Setup(
     steps=3,
     lr=3e-3,
     bounds=(0.05,),
+    stress_bounds=(),
     chunk_size=16,
     seeds=(0,),
     surge_backbone={"name": "fno", "hidden": 4, "modes": 4, "n_layers": 1},
@@ -190,15 +193,21 @@ def _rmse(model: nn.Module, val: dict[str, torch.Tensor], std: float, batch: int
 
 def _contenders(setup: Setup) -> list[Contender]:
     chunks = {"chunk_size": setup.chunk_size}
+    bounds = (*setup.bounds, *setup.stress_bounds)
     return [
         Contender("allreduce", measure_noise=True),
-        *(Contender(f"DLCP {b:.0%}", "dlcp", {"loss_bound": b, **chunks}) for b in setup.bounds),
+        *(Contender(f"DLCP {b:.0%}", "dlcp", {"loss_bound": b, **chunks}) for b in bounds),
         *(
             Contender(f"random drop {b:.0%}", "random_drop", {"loss_bound": b, **chunks})
-            for b in setup.bounds
+            for b in bounds
         ),
         Contender("DS-Sync g=2", averager="dssync", averager_options={"group_size": 2}),
     ]
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as its (..., 2) real view; a real tensor unchanged."""
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def _seeded(registry, name: str, options: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -261,7 +270,7 @@ def _train_one(
         "ms_per_step": 1e3 * statistics.median(times),
     }
     if averager is not None:
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        flat = torch.cat([_real(p.detach()).flatten() for p in model.parameters()])
         gathered = [torch.zeros_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat)
         stacked = torch.stack(gathered).double()
@@ -313,6 +322,7 @@ def _convergence_worker(rank: int, world: int, setup: Setup) -> dict[str, Any]:
     if rank == 0:
         model = _model(setup.backbone, setup, 0)
         out["params"] = sum(p.numel() for p in model.parameters())
+        out["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         out["compute_s"] = _compute_seconds(setup, train, repeats=max(3, min(20, setup.steps)))
         out["windows"] = (len(train["x"]), len(val["x"]))
     return out
@@ -403,7 +413,7 @@ def _profile(conv: dict[str, Any], setup: Setup) -> StepProfile:
         compute_s=conv["compute_s"],
         grad_bytes=int(statistics.mean(r["grad_bytes_per_step"] for r in ar)),
         buckets=max(1, round(statistics.mean(r["collectives_per_step"] for r in ar))),
-        param_bytes=4 * conv["params"],
+        param_bytes=conv["param_bytes"],
         dlcp_sent_fraction=statistics.mean(r["sent_fraction"] for r in dl),
         dlcp_mask_bytes=int(statistics.mean(r["mask_bytes_per_step"] for r in dl)),
     )
@@ -529,7 +539,8 @@ def run(quick: bool = False, figure_dir: str | os.PathLike | None = None) -> str
         "## 1. Convergence at equal steps",
         "",
         f"{setup.world} gloo processes on this CPU, one thread each, DDP over a "
-        f"{setup.backbone['name']} ({spec}; {conv['params']:,} parameters), per-worker "
+        f"{setup.backbone['name']} ({spec}; {conv['params']:,} parameters, complex ones "
+        f"counted once, {conv['param_bytes']:,} bytes), per-worker "
         f"batch {setup.local_batch}, {setup.steps} steps of Adam (lr {setup.lr:g}, cosine "
         f"schedule), seeds {list(setup.seeds)} (mean ± standard deviation over seeds). "
         f"DLCP and random dropping split every bucket into chunks of {setup.chunk_size} "

@@ -14,8 +14,9 @@ fixed-size chunks of each DDP gradient bucket, inside a communication hook:
    (:class:`PriorityDrop`; :class:`RandomDrop` ignores both, as a baseline);
 3. zero the lowest-priority chunks until at most ``loss_bound`` of the bucket's elements
    are dropped (or less, when a congestion signal asks for less);
-4. all-reduce the values and a per-chunk contribution count, and divide each chunk by
-   the number of ranks that sent it (a chunk no rank sent stays zero).
+4. all-reduce the values and a per-chunk contribution count (one byte per chunk), and
+   divide each chunk by the number of ranks that sent it (a chunk no rank sent stays
+   zero).
 
 With ``loss_bound=0`` nothing is dropped and the result is bit-for-bit torch's
 ``allreduce_hook``. The all-reduce still carries the zeros (the transport has no notion
@@ -375,7 +376,8 @@ def dlcp_hook(state: DLCPState, bucket: dist.GradBucket) -> torch.futures.Future
     sizes_dev = sizes.to(buf.device)
     if not bool(kept.all()):
         buf.masked_fill_(~kept.to(buf.device).repeat_interleave(sizes_dev), 0)
-    counts = kept.to(device=buf.device, dtype=torch.float32)
+    # one byte per chunk while the count cannot overflow it
+    counts = kept.to(device=buf.device, dtype=torch.uint8 if world < 256 else torch.int32)
     buf.div_(world)
     values_fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
     counts_fut = dist.all_reduce(counts, group=group, async_op=True).get_future()
@@ -398,7 +400,8 @@ def dlcp_hook(state: DLCPState, bucket: dist.GradBucket) -> torch.futures.Future
     def average(_: torch.futures.Future) -> torch.Tensor:
         if bool((counts == world).all()):
             return buf  # every rank sent every chunk: exactly the allreduce mean
-        factor = torch.where(counts > 0, world / counts.clamp(min=1), torch.zeros_like(counts))
+        c = counts.to(torch.float32)
+        factor = torch.where(c > 0, world / c.clamp(min=1), torch.zeros_like(c))
         buf.mul_(factor.to(buf.dtype).repeat_interleave(sizes_dev))
         return buf
 

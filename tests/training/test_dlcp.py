@@ -165,6 +165,7 @@ def _dlcp_worker(rank: int, world: int) -> dict:
     out["last_step"] = dict(hook.counters())
     out["sent_fraction"] = hook.state.sent_fraction()
     out["buckets"] = len(hook.state.last_buckets)
+    out["chunks"] = sum(record.kept.numel() for record in hook.state.last_buckets)
 
     # 3. a congestion signal below the bound sets the drop rate; above it, the bound does
     torch.manual_seed(0)
@@ -206,7 +207,8 @@ def test_first_layer_is_never_dropped_and_bytes_fall_by_about_the_bound(dlcp_res
         assert r["first_layer_all_sent"]
         last = r["last_step"]
         assert last["bytes_sent"] + last["bytes_dropped"] == last["bytes_total"]
-        assert last["mask_bytes"] > 0 and last["collectives"] == 2 * r["buckets"]
+        assert last["mask_bytes"] == r["chunks"]  # one byte of count per chunk
+        assert last["collectives"] == 2 * r["buckets"]
         # each bucket drops at most the bound, and less only by under one chunk (32 floats)
         slack = r["buckets"] * 32 * 4 / last["bytes_total"]
         assert 0.9 <= r["sent_fraction"] <= 0.9 + slack
