@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ from torch.distributed.algorithms.model_averaging.averagers import ModelAverager
 from physforecast.registry import Registry
 
 __all__ = [
-    "Partition",
     "GridSchedule",
     "ShuffleSchedule",
     "GROUP_SCHEDULES",
@@ -46,8 +45,8 @@ __all__ = [
     "average_parameters",
 ]
 
-#: A partition of ranks ``0..N-1`` into disjoint groups (each a sorted tuple).
-Partition = tuple[tuple[int, ...], ...]
+# A partition of ranks 0..N-1 into disjoint groups, each a sorted tuple of ranks.
+Partition: TypeAlias = tuple[tuple[int, ...], ...]
 
 #: Group schedules by name; ``GROUP_SCHEDULES.create(name, world_size=, group_size=, seed=)``.
 GROUP_SCHEDULES = Registry("group schedule")
