@@ -19,6 +19,9 @@ The hooks that move whole buckets (``allreduce``, ``fp16``) are wrapped by
 without changing the result.
 """
 
+# No `from __future__ import annotations` here: DDP checks a hook's annotations against
+# the real dist.GradBucket and torch.futures.Future[torch.Tensor] objects.
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any

@@ -31,6 +31,9 @@ Usage::
     ddp.register_comm_hook(state, dlcp_hook)
 """
 
+# No `from __future__ import annotations` here: DDP checks a hook's annotations against
+# the real dist.GradBucket and torch.futures.Future[torch.Tensor] objects.
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -26,6 +26,9 @@ Where the two norms come from:
 Both norms may be taken of scaled gradients (fp16 loss scaling): the ratio is unchanged.
 """
 
+# No `from __future__ import annotations` here: DDP checks a hook's annotations against
+# the real dist.GradBucket and torch.futures.Future[torch.Tensor] objects.
+
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
