@@ -171,7 +171,7 @@ class RunDir:
     def save_checkpoint(
         self, state: dict[str, Any], name: str = "last", stage: str | None = None
     ) -> Path | None:
-        """Write a checkpoint (see :func:`~physforecast.training.checkpoint.save_checkpoint`)."""
+        """Write a checkpoint (see :func:`~physforecast.checkpoint.save_checkpoint`)."""
         return save_checkpoint(state, self.checkpoint_path(name, stage)) if self.writer else None
 
     def append_record(self, name: str, record: dict[str, Any]) -> None:

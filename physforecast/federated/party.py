@@ -303,8 +303,8 @@ class Party:
     def _write_results(self, forecast: Any, truth: Any, rmse: float, steps: int) -> list[str]:
         if self.out_dir is None:
             return []
-        from physforecast.metrics import score, write_scorecard
         from physforecast.checkpoint import save_checkpoint
+        from physforecast.metrics import score, write_scorecard
 
         card = score(forecast, truth)
         paths = list(write_scorecard(card, self.out_dir))
