@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from gloo import run_ranks, set_rank_env
 
 import physforecast as pf
 from physforecast.beamvq import method as beamvq_method
@@ -19,6 +18,7 @@ from physforecast.beamvq.method import build_beamvq_model, epoch_split
 from physforecast.config import Config, apply_overrides
 from physforecast.data.prepare import prepare_data
 from physforecast.run_dir import RunDir
+from physforecast.training.distributed import launch_local
 from physforecast.training.run import train
 
 
@@ -206,9 +206,7 @@ def test_truth_residual_with_a_viscosity_per_sample():
     torch.testing.assert_close(got, want)
 
 
-def _ddp_beamvq_worker(rank: int, world: int, port: int, tmp: str, queue) -> None:
-    set_rank_env(rank, world, port)
-    torch.set_num_threads(1)
+def _ddp_beamvq_worker(rank: int, world: int, tmp: str) -> dict:
     from pathlib import Path
 
     from physforecast import methods
@@ -225,7 +223,8 @@ def _ddp_beamvq_worker(rank: int, world: int, port: int, tmp: str, queue) -> Non
         Config(), [f"data.dataset={Path(tmp) / 'toy.nc'}", *DDP_OVERRIDES, f"out={tmp}/run"]
     )
     train(cfg, evaluate=False)
-    queue.put((rank, {k: v.tolist() for k, v in saved.items()}))
+    methods.RunContext.save_model = original
+    return {k: v.tolist() for k, v in saved.items()}
 
 
 DDP_OVERRIDES = [
@@ -249,7 +248,9 @@ DDP_OVERRIDES = [
 
 def test_two_gloo_processes_write_each_file_once_and_agree(tmp_path):
     _dataset(tmp_path)
-    results = run_ranks(_ddp_beamvq_worker, 2, str(tmp_path))
+    results = launch_local(
+        _ddp_beamvq_worker, 2, (str(tmp_path),), timeout=300, start_method="fork"
+    )
     assert results[0].keys() == results[1].keys()
     for key in results[0]:
         assert results[0][key] == results[1][key], key  # parameters and code-bank buffers

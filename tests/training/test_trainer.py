@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from gloo import run_ranks, set_rank_env
 from torch import nn
 from torch.utils.data import Dataset
 
 from physforecast.config import Config, TrainConfig
 from physforecast.training import Trainer, TrainingDivergedError, load_checkpoint, save_checkpoint
+from physforecast.training.distributed import launch_local
 from physforecast.training.trainer import lr_factor
 
 
@@ -148,10 +148,8 @@ def test_bf16_autocast_trains(tmp_path):
     )
 
 
-def _ddp_worker(rank, world, port, run_dir, queue):
-    set_rank_env(rank, world, port)
-    torch.set_num_threads(1)
-    from physforecast.training.distributed import cleanup_distributed, init_distributed
+def _ddp_worker(rank, world, run_dir):
+    from physforecast.training.distributed import init_distributed
 
     info = init_distributed("cpu")
     torch.manual_seed(0)
@@ -176,12 +174,11 @@ def _ddp_worker(rank, world, port, run_dir, queue):
     )
     hist = trainer.fit(Toy(), Toy(8))
     flat = torch.cat([p.detach().ravel() for p in trainer.model.parameters()])
-    queue.put((rank, (rank, flat.tolist(), hist[-1]["val_loss"], trainer.step, calls["n"])))
-    cleanup_distributed()
+    return rank, flat.tolist(), hist[-1]["val_loss"], trainer.step, calls["n"]
 
 
 def test_ddp_two_gloo_processes(tmp_path):
-    results = sorted(run_ranks(_ddp_worker, 2, str(tmp_path), timeout=240).values())
+    results = launch_local(_ddp_worker, 2, (str(tmp_path),), timeout=240, start_method="fork")
     (r0, w0, v0, s0, c0), (r1, w1, v1, s1, c1) = results
     assert w0 == w1  # gradients were all-reduced: identical weights on both ranks
     assert c0 == c1 >= s0  # the injected communication hook reduced every step's buckets
