@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser"]
 #: Modules that add subcommands. Each has ``register(subparsers)``, which adds its parsers
 #: with ``set_defaults(func=handler)``; a handler imports what it needs when it runs, so
 #: building the parser stays cheap.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("physforecast.inference.commands",)
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
