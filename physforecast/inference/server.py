@@ -197,7 +197,8 @@ class ForecastService:
             if self.forecaster.grid is None:
                 raise ValueError("calibrating the policy needs the forecaster's grid; pass cost=")
             fc = self.forecaster
-            x = torch.zeros(1, fc.in_steps, len(fc.variables), *fc.grid.values())
+            channels = int(getattr(fc.model, "in_channels", len(fc.variables)))
+            x = torch.zeros(1, fc.in_steps, channels, *fc.grid.values())
             cond = torch.zeros(1, fc.cond_dim) if fc.cond_dim else None
             cost = calibrate(
                 self.run, x, cond, n_students=self.n_students, max_batch=self.config.max_batch

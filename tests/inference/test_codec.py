@@ -120,3 +120,12 @@ def test_check_missing_refuses_gaps_inf_all_nan_and_nan_parameters(ds):
         check_missing(bad_nu, ["t2m"], ["nu"])
     # variables that are absent are left to predict, which names them
     check_missing(ds, ["t2m", "absent"])
+
+
+def test_netcdf_answers_fall_back_to_netcdf4_when_netcdf3_cannot_hold_them(ds):
+    small = dataset_to_netcdf(ds)
+    assert small[:4] == b"CDF\x02"  # netCDF3, 64-bit offset
+    big = ds.assign(count=("trajectory", np.array([2**40, 1], dtype=np.int64)))
+    body = dataset_to_netcdf(big)
+    assert body[:4] == b"\x89HDF"
+    assert dataset_from_netcdf(body)["count"].values.tolist() == [2**40, 1]

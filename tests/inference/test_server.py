@@ -327,3 +327,18 @@ def test_shutdown_finishes_the_requests_in_flight(students, tiny_ds):
     assert not service.batcher.running
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/health", timeout=5)
+
+
+def test_the_policy_calibrates_its_costs_at_startup(students, tiny_ds):
+    with running(students, latency_budget_ms=1000.0) as (_, client):
+        policy = client.get("/metrics").json()["n_active"]["policy"]
+        assert post(client, tiny_ds.isel(trajectory=[0])).status_code == 200
+        last = client.get("/metrics").json()["n_active"]["last"]
+    assert policy["latency_budget_ms"] == 1000.0
+    assert policy["cost_ms"]["per_student_window"] > 0
+    assert last == 3  # one window fits a generous budget with all students
+
+
+def test_teacher_runs_refuse_n_active(teacher):
+    with pytest.raises(ValueError, match="n_active applies to students"):
+        create_app(teacher, ServeConfig(n_active=1))
