@@ -76,6 +76,9 @@ class MicroBatcher:
         Fixed ``n_active`` when there is no policy (``None``: the model's default).
     stats : ServeStats, optional
         Records every call's size and ``n_active``.
+    demand : callable, optional
+        ``demand() -> int``: windows known to be on their way (a server's requests in
+        flight, some still being decoded); the policy's backlog is at least this.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class MicroBatcher:
         policy: _Policy | None = None,
         n_active: int | None = None,
         stats: ServeStats | None = None,
+        demand: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1 or capacity < 1 or max_wait_ms < 0:
             raise ValueError(
@@ -101,6 +105,7 @@ class MicroBatcher:
         self.policy = policy
         self.n_active = n_active
         self.stats = stats
+        self.demand = demand
         self._queue: deque[_Item] = deque()
         self._cv = threading.Condition()
         self._closing = False
@@ -218,6 +223,8 @@ class MicroBatcher:
             items = [item for item in batch if item.future.set_running_or_notify_cancel()]
             if not items:
                 continue
+            if self.demand is not None:
+                backlog = max(backlog, int(self.demand()))
             n_active = self.policy.choose(backlog) if self.policy is not None else self.n_active
             try:
                 x = torch.cat([item.x for item in items])

@@ -25,6 +25,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             width=args.width,
             kernel_size=args.kernel_size,
             stack={"auto": None, "latent": True, "output": False}[args.target],
+            latent_weight=args.latent_weight,
             epochs=args.epochs,
             lr=args.lr,
             batch_size=args.batch_size,
@@ -78,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="what the students' sum stands for: the teacher's latent, decoded by the teacher "
         "(stacking), or its forecast; auto: the latent when the backbone exposes one",
+    )
+    p.add_argument(
+        "--latent-weight",
+        type=float,
+        default=0.01,
+        help="with stacking: weight of matching the teacher's latent (default 0.01)",
     )
     p.add_argument("--epochs", type=int, default=5, help="training epochs per student")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate")

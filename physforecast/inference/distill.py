@@ -283,7 +283,7 @@ def distill(
     kernel_size: int = 3,
     padding_mode: str = "zeros",
     stack: bool | None = None,
-    latent_weight: float = 1.0,
+    latent_weight: float = 0.01,
     train: TrainConfig | None = None,
     batch_size: int = 16,
     progress: bool = False,
@@ -307,7 +307,10 @@ def distill(
         Stand in for the teacher's latent and reuse its decoder (stacking distillation).
         ``None`` (default) stacks when the teacher allows it (see :func:`stackable`).
     latent_weight : float
-        Weight of the latent-matching term with stacking.
+        Weight of the latent-matching term with stacking (relative to the forecast MSE,
+        the latent's MSE being divided by its variance): a hint. A large weight makes the
+        students chase the latent at the expense of the forecast (see the serving
+        benchmark, ``physforecast bench serve``).
     train : TrainConfig, optional
         Optimisation of each student (``epochs`` per student, ``lr``...); 5 epochs at
         ``lr = 3e-3`` by default.

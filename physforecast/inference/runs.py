@@ -262,6 +262,7 @@ def distill_run(
     width: int = 32,
     kernel_size: int = 3,
     stack: bool | None = None,
+    latent_weight: float = 0.01,
     epochs: int = 5,
     lr: float = 3e-3,
     batch_size: int | None = None,
@@ -283,7 +284,7 @@ def distill_run(
         The teacher's run directory.
     out : path, optional
         The students run; ``<run_dir>-students<K>`` by default.
-    n_students, depth, width, kernel_size, stack
+    n_students, depth, width, kernel_size, stack, latent_weight
         See :func:`~physforecast.inference.distill.distill`.
     epochs, lr : int, float
         Optimisation of each student.
@@ -326,6 +327,7 @@ def distill_run(
         kernel_size=kernel_size,
         padding_mode=str(cfg.model.options.get("padding_mode", "zeros")),
         stack=stack,
+        latent_weight=latent_weight,
         train=train_cfg,
         batch_size=batch,
         progress=progress,

@@ -173,6 +173,7 @@ class ForecastService:
             capacity=self.config.queue,
             n_active=self.config.n_active if self.config.n_active is not None else self.n_students,
             stats=self.stats,
+            demand=lambda: self.in_flight,  # requests admitted, some still being decoded
         )
         self.batched = pf.Forecaster(
             BatchedModel(self.batcher, model),

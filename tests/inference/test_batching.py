@@ -128,6 +128,19 @@ def test_the_policy_sees_the_backlog():
     assert min(ns) == 1 and ns[-1] == 3  # squeezed under the backlog, all back when alone
 
 
+def test_the_policy_counts_the_demand_still_on_its_way():
+    run = Recorder()
+    policy = LoadAdaptivePolicy(3, latency_budget_ms=10, max_batch=8, cost=CostModel(student_ms=2))
+    coming = [20]  # e.g. requests admitted by a server, still being decoded
+    with MicroBatcher(
+        run, max_batch=8, max_wait_ms=0, policy=policy, demand=lambda: coming[0]
+    ) as b:
+        b.submit(torch.zeros(1, 1, 1, 2, 2)).result(10)
+        coming[0] = 1
+        b.submit(torch.zeros(1, 1, 1, 2, 2)).result(10)
+    assert [n for _, n in run.calls] == [1, 3]
+
+
 def test_batched_model_copies_the_contract_attributes():
     class Net(torch.nn.Module):
         in_steps, out_steps, in_channels, out_channels, cond_dim = 2, 3, 1, 1, 0
