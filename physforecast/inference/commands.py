@@ -50,6 +50,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         queue=args.queue,
         latency_budget_ms=args.latency_budget_ms,
         n_active=args.n_active,
+        min_active=args.min_active,
     )
     serve(
         args.run_dir,
@@ -75,10 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-size", type=int, default=3, help="odd convolution kernel size")
     p.add_argument(
         "--target",
-        choices=["auto", "latent", "output"],
-        default="auto",
-        help="what the students' sum stands for: the teacher's latent, decoded by the teacher "
-        "(stacking), or its forecast; auto: the latent when the backbone exposes one",
+        choices=["output", "latent", "auto"],
+        default="output",
+        help="what the students' sum stands for: the teacher's forecast (default), or its "
+        "latent, decoded by the teacher (stacking); auto: the latent when the backbone "
+        "exposes one",
     )
     p.add_argument(
         "--latent-weight",
@@ -115,6 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--latency-budget-ms",
         type=float,
         help="students only: drop the last-added students while the backlog would exceed this",
+    )
+    p.add_argument(
+        "--min-active",
+        type=int,
+        default=1,
+        help="with --latency-budget-ms: never fewer students than this (default 1)",
     )
     p.add_argument("--n-active", type=int, help="students only: a fixed number of students")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -261,7 +261,7 @@ def distill_run(
     depth: int = 2,
     width: int = 32,
     kernel_size: int = 3,
-    stack: bool | None = None,
+    stack: bool | None = False,
     latent_weight: float = 0.01,
     epochs: int = 5,
     lr: float = 3e-3,

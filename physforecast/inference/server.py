@@ -94,6 +94,8 @@ class ServeConfig:
         window under this by dropping the last-added students. ``None``: fixed ``n_active``.
     n_active : int, optional
         Students per call without a policy (``None``: all).
+    min_active : int
+        The policy never runs fewer students than this (an accuracy floor).
     cost : CostModel, optional
         The policy's cost model; measured at startup (:func:`~physforecast.inference.policy.calibrate`)
         when omitted.
@@ -104,6 +106,7 @@ class ServeConfig:
     queue: int = 64
     latency_budget_ms: float | None = None
     n_active: int | None = None
+    min_active: int = 1
     cost: CostModel | None = None
 
     def __post_init__(self) -> None:
@@ -204,7 +207,9 @@ class ForecastService:
             cost = calibrate(
                 self.run, x, cond, n_students=self.n_students, max_batch=self.config.max_batch
             )
-        return LoadAdaptivePolicy(self.n_students, budget, self.config.max_batch, cost)
+        return LoadAdaptivePolicy(
+            self.n_students, budget, self.config.max_batch, cost, self.config.min_active
+        )
 
     def start(self) -> None:
         """Calibrate the policy (if any), start the batcher and the request threads."""
@@ -317,6 +322,7 @@ class ForecastService:
                 if policy is None
                 else {
                     "latency_budget_ms": policy.latency_budget_ms,
+                    "min_active": policy.min_active,
                     "cost_ms": {
                         "fixed": policy.cost.fixed_ms,
                         "per_window": policy.cost.row_ms,

@@ -7,13 +7,21 @@ import pytest
 
 @pytest.fixture(scope="session")
 def students_run(tiny_run, tmp_path_factory):
-    """Three width-8 students distilled (one epoch each) from ``tiny_run``."""
+    """Three width-8 students distilled (one epoch each) from ``tiny_run``, stacked on the
+    FNO's latent (so that the teacher's decoder is saved and rebuilt too)."""
     from physforecast.inference.runs import distill_run
 
     out = tmp_path_factory.getbasetemp() / "tiny-ns2d-fno-students"
     if not (out / "students.json").exists():
         distill_run(
-            tiny_run, out=out, n_students=3, width=8, epochs=1, device="cpu", progress=False
+            tiny_run,
+            out=out,
+            n_students=3,
+            width=8,
+            stack=None,
+            epochs=1,
+            device="cpu",
+            progress=False,
         )
     return out
 

@@ -301,6 +301,17 @@ def test_the_policy_lowers_n_active_under_a_burst_and_restores_it(students, tiny
     assert after["policy"]["latency_budget_ms"] == 20.0
 
 
+def test_the_policy_keeps_its_accuracy_floor(students, tiny_ds):
+    one = tiny_ds.isel(trajectory=[0])
+    body = bytes(one.to_netcdf())
+    cost = CostModel(fixed_ms=0.0, row_ms=0.0, student_ms=5.0)
+    config = dict(max_batch=8, max_wait_ms=400.0, latency_budget_ms=20.0, cost=cost, min_active=2)
+    with running(students, **config) as (_, client):
+        codes = [r.status_code for r in concurrently(lambda i: send(client, body), 8)]
+        used = client.get("/metrics").json()["n_active"]["counts"]
+    assert codes == [200] * 8 and "1" not in used and "2" in used
+
+
 def test_shutdown_finishes_the_requests_in_flight(students, tiny_ds):
     app = create_app(students, ServeConfig(max_wait_ms=1500.0, max_batch=64))
     service = app.state.service
