@@ -167,6 +167,10 @@ class ForecastService:
         self.n_students: int | None = getattr(model, "n_students", None)
         if self.config.n_active is not None and self.n_students is None:
             raise ValueError("n_active applies to students; this model is a teacher")
+        for name in ("n_active", "min_active"):
+            value = getattr(self.config, name)
+            if self.n_students and value is not None and not 1 <= value <= self.n_students:
+                raise ValueError(f"{name} must be in 1..{self.n_students}, got {value}")
         self.run = model_runner(model)
         self.policy: LoadAdaptivePolicy | None = None
         self.batcher = MicroBatcher(
@@ -236,6 +240,7 @@ class ForecastService:
             return True
 
     def release(self) -> None:
+        """Count a finished request out."""
         with self._lock:
             self.in_flight -= 1
 

@@ -69,7 +69,7 @@ def test_load_students_is_a_forecaster_with_the_teachers_contract(students_run, 
     rolled = pf.rollout(fc, tiny_ds, 6, init=5)
     assert rolled.sizes["lead_time"] == 6 and np.isfinite(rolled["vorticity"].values).all()
     # the scorecard of the students, like any forecast
-    card = pf.api.verify(rolled, tiny_ds)
+    card = rolled.physforecast.score(tiny_ds)
     assert np.isfinite(card["score"].sel(metric="rmse").values).all()
     # fewer students: a different, still sensible forecast
     one = load_students(students_run, n_active=1)

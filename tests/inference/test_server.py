@@ -350,6 +350,10 @@ def test_the_policy_calibrates_its_costs_at_startup(students, tiny_ds):
     assert last == 3  # one window fits a generous budget with all students
 
 
-def test_teacher_runs_refuse_n_active(teacher):
+def test_bad_student_settings_are_refused(teacher, students):
     with pytest.raises(ValueError, match="n_active applies to students"):
         create_app(teacher, ServeConfig(n_active=1))
+    with pytest.raises(ValueError, match="n_active must be in 1..3"):
+        create_app(students, ServeConfig(n_active=4))
+    with pytest.raises(ValueError, match="min_active must be in 1..3"):
+        create_app(students, ServeConfig(latency_budget_ms=5.0, min_active=0))
