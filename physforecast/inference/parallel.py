@@ -106,7 +106,7 @@ class StudentGroup(nn.Module):
         members: Sequence[int] | None = None,
         vectorize: bool | None = None,
     ) -> torch.Tensor:
-        """Each chosen student's output, stacked: (N, *out_shape) for N chosen students."""
+        """Each chosen student's output, stacked: ``(N, *out_shape)`` for ``N`` chosen students."""
         chosen = select_members(len(self.students), n_active, members)
         if not chosen:
             raise ValueError("no student is chosen; the group has nothing to stack")
@@ -133,5 +133,5 @@ class StudentGroup(nn.Module):
         members: Sequence[int] | None = None,
         vectorize: bool | None = None,
     ) -> torch.Tensor:
-        """The sum of the chosen students' outputs, ``(*out_shape)``; at least one must be chosen."""
+        """The sum of the chosen students' outputs, ``out_shape``; at least one must be chosen."""
         return self.outputs(x, cond, n_active=n_active, members=members, vectorize=vectorize).sum(0)
