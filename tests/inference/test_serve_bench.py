@@ -7,7 +7,6 @@ import pytest
 pytest.importorskip("httpx")
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_quick_bench_reports_latency_accuracy_and_http():
     from physforecast.bench import serve
