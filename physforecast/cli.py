@@ -17,7 +17,10 @@ __all__ = ["main", "build_parser"]
 #: Modules that add subcommands. Each has ``register(subparsers)``, which adds its parsers
 #: with ``set_defaults(func=handler)``; a handler imports what it needs when it runs, so
 #: building the parser stays cheap.
-COMMAND_MODULES: tuple[str, ...] = ("physforecast.federated.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "physforecast.federated.commands",
+    "physforecast.inference.commands",
+)
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:

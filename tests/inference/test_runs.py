@@ -1,0 +1,200 @@
+"""A students run directory: written atomically, loaded back as a Forecaster that forecasts,
+rolls out and scores like any other; the ``distill`` and ``serve`` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import physforecast as pf
+from physforecast.inference.accuracy import compare_students
+from physforecast.inference.ensemble import StudentEnsemble
+from physforecast.inference.runs import (
+    STUDENTS_CHECKPOINT,
+    build_student_model,
+    is_students_run,
+    load_forecaster,
+    load_student_model,
+    load_students,
+    save_students_run,
+)
+from physforecast.metrics import score
+from physforecast.rollout import forecast_windows
+
+
+def test_students_run_holds_the_teacher_files_and_the_students(students_run, tiny_run):
+    assert is_students_run(students_run) and not is_students_run(tiny_run)
+    for name in (
+        "config.yaml",
+        "model.json",
+        "data.json",
+        "normalization.json",
+        "checkpoints/best.pt",
+    ):
+        assert (students_run / name).read_bytes() == (tiny_run / name).read_bytes()
+    spec = json.loads((students_run / "students.json").read_text())
+    assert spec["n_students"] == 3 and spec["student"]["depth"] == 2
+    assert spec["stacked"] is True and spec["teacher"]["name"] == "fno"  # FNO exposes its latent
+    losses = spec["distillation"]["losses"]
+    assert len(losses) == 4 and all(a >= b for a, b in zip(losses, losses[1:]))
+    rows = spec["evaluation"]["rows"]
+    assert [r["n_active"] for r in rows] == [None, 1, 2, 3]
+    assert rows[0]["rmse_vs_teacher"] == 0.0
+    assert not [
+        p for p in students_run.parent.iterdir() if p.name.startswith(f".{students_run.name}")
+    ]
+
+
+def test_load_students_is_a_forecaster_with_the_teachers_contract(students_run, tiny_run, tiny_ds):
+    fc = load_students(students_run)
+    teacher = pf.load(tiny_run)
+    assert isinstance(fc, pf.Forecaster) and isinstance(fc.model, StudentEnsemble)
+    assert (fc.variables, fc.in_steps, fc.out_steps, fc.grid) == (
+        teacher.variables,
+        teacher.in_steps,
+        teacher.out_steps,
+        teacher.grid,
+    )
+    forecast = pf.predict(fc, tiny_ds)
+    assert forecast["vorticity"].shape == (6, 2, 32, 32)
+    rolled = pf.rollout(fc, tiny_ds, 6, init=5)
+    assert rolled.sizes["lead_time"] == 6 and np.isfinite(rolled["vorticity"].values).all()
+    # the scorecard of the students, like any forecast
+    card = rolled.physforecast.score(tiny_ds)
+    assert np.isfinite(card["score"].sel(metric="rmse").values).all()
+    # fewer students: a different, still sensible forecast
+    one = load_students(students_run, n_active=1)
+    assert one.model.n_active == 1
+    assert not np.allclose(
+        pf.predict(one, tiny_ds)["vorticity"].values, forecast["vorticity"].values
+    )
+    assert load_forecaster(students_run).model.n_students == 3
+    assert not hasattr(load_forecaster(tiny_run).model, "n_students")
+
+
+def test_students_score_on_the_test_split_like_any_model(students_run):
+    from physforecast.training.run import prepare
+
+    fc = load_students(students_run)
+    prepared = prepare(fc.config, fc.normalizer)
+    forecast, truth = forecast_windows(fc.model, prepared.test, fc.normalizer)
+    card = score(forecast, truth)
+    assert np.isfinite(card["score"].sel(metric="rmse").values).all()
+    rows = compare_students(pf.load(students_run).model, fc.model, prepared.test, fc.normalizer)
+    recorded = json.loads((students_run / "students.json").read_text())["evaluation"]["rows"]
+    assert [r["rmse"] for r in rows] == pytest.approx([r["rmse"] for r in recorded], rel=1e-5)
+
+
+def test_the_saved_spec_rebuilds_the_same_model(students_run, tiny_ds):
+    spec = json.loads((students_run / "students.json").read_text())
+    model = build_student_model(spec)
+    state = torch.load(students_run / STUDENTS_CHECKPOINT, weights_only=True)["model"]
+    model.load_state_dict(state)
+    loaded = load_student_model(students_run)
+    x = torch.randn(2, 2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+    with pytest.raises(ValueError, match="not a students spec"):
+        build_student_model({**spec, "format": "other"})
+
+
+def test_saving_refuses_to_overwrite_or_to_write_over_the_teacher(students_run, tiny_run, tmp_path):
+    model = load_student_model(students_run)
+    with pytest.raises(FileExistsError, match="exists"):
+        save_students_run(model, tiny_run, students_run)
+    with pytest.raises(ValueError, match="new directory"):
+        save_students_run(model, tiny_run, tiny_run, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        save_students_run(model, tmp_path, tmp_path / "out")
+    out = save_students_run(model, tiny_run, tmp_path / "copy")
+    again = save_students_run(model, tiny_run, out, overwrite=True)
+    assert again == out and is_students_run(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no temporary left behind
+    with pytest.raises(FileNotFoundError, match="physforecast distill"):
+        load_student_model(tiny_run)
+
+
+def test_distill_command(tiny_run, tmp_path, capsys):
+    from physforecast.cli import main
+
+    out = tmp_path / "cli-students"
+    argv = [
+        "distill",
+        str(tiny_run),
+        "--students",
+        "2",
+        "--depth",
+        "1",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+    ]
+    code = main([*argv, "--device", "cpu", "--out", str(out)])  # boosting on the forecast
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"students run: {out}" in printed and "students n_active=2" in printed
+    spec = json.loads((out / "students.json").read_text())
+    assert spec["stacked"] is False and spec["student"]["depth"] == 1 and spec["n_students"] == 2
+    assert main([*argv, "--out", str(out)]) == 2  # exists: a clear error, not a traceback
+    assert "exists" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_serve_command_serves_until_interrupted(students_run, tiny_ds):
+    httpx = pytest.importorskip("httpx")
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "physforecast.cli",
+        "serve",
+        str(students_run),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+        assert health["model"] == "students"
+        body = bytes(tiny_ds.to_netcdf())
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/forecast",
+            content=body,
+            headers={"content-type": "application/x-netcdf"},
+            timeout=60,
+        )
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
