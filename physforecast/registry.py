@@ -151,4 +151,7 @@ METRICS = Registry("metric", populate="physforecast.metrics")
 SCORES = Registry("score", populate="physforecast.search.scores")
 #: Training methods (``supervised``, ``beamvq``...): each entry is a class implementing
 #: :class:`physforecast.methods.Method`; its ``config`` metadata is its config section.
-METHODS = Registry("method", populate=("physforecast.methods", "physforecast.beamvq.method"))
+METHODS = Registry(
+    "method",
+    populate=("physforecast.methods", "physforecast.beamvq.method", "physforecast.inference.method"),
+)

@@ -175,7 +175,6 @@ def _distil(s: _Setting, teacher_run: Path, root: Path, label: str) -> tuple[Pat
         latent_weight=weight,
         epochs=s.student_epochs,
         device="cpu",
-        progress=False,
     )
 
 

@@ -6,8 +6,8 @@
 - :mod:`.ensemble`: :class:`StudentEnsemble`, the students behind the teacher's
   ``(x, cond) -> y`` contract, with an ``n_active`` knob;
 - :mod:`.distill`: :func:`distill`, boosting + stacking distillation of a deep teacher;
-- :mod:`.runs`: students as a run directory (:func:`save_students_run`,
-  :func:`load_students`);
+- :mod:`.runs`: students as a run directory (:func:`distill_run`, :func:`load_students`);
+- :mod:`.method`: the registered ``students`` method behind ``physforecast distill``;
 - :mod:`.policy`: :class:`LoadAdaptivePolicy`, ``n_active`` from the backlog and a latency
   budget;
 - :mod:`.batching`: :class:`MicroBatcher`, dynamic micro-batching with a bounded queue;
@@ -33,11 +33,10 @@ _EXPORTS = {
     "Distillation": "distill",
     "distillation_loss": "distill",
     "teacher_targets": "distill",
-    "save_students_run": "runs",
     "build_student_model": "runs",
+    "distill_run": "runs",
     "load_student_model": "runs",
     "load_students": "runs",
-    "load_forecaster": "runs",
     "CostModel": "policy",
     "LoadAdaptivePolicy": "policy",
     "MicroBatcher": "batching",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +43,9 @@ from physforecast.training.trainer import masked_mse, resolve_device
 
 from .ensemble import StudentEnsemble
 from .students import StudentSpec
+
+#: ``trainer(student, loss_fn, k, batch_size) -> Trainer``: how student ``k`` is trained.
+TrainerFactory = Callable[[nn.Module, Callable, int, int], Trainer]
 
 __all__ = [
     "TeacherTargets",
@@ -157,6 +161,67 @@ def stackable(
             f"on the {tuple(x.shape[-2:])} input grid"
         )
     return True, ""
+
+
+@torch.no_grad()
+def student_ensemble(
+    teacher: nn.Module,
+    x: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    *,
+    stack: bool | None = False,
+    width: int = 32,
+    depth: int = 2,
+    kernel_size: int = 3,
+    padding_mode: str = "zeros",
+) -> StudentEnsemble:
+    """An empty :class:`StudentEnsemble` (no student yet) shaped for ``teacher``.
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        The backbone to distil (``in_steps``, ``out_steps``, ``in_channels`` attributes).
+    x : torch.Tensor
+        An input like the teacher's, (B, T_in, C, H, W); only its shape and the teacher's
+        latent on it matter.
+    cond : torch.Tensor, optional
+        (B, P) parameters when the teacher is conditioned.
+    stack : bool, optional
+        Stand in for the teacher's latent (True), its forecast (False), or the latent when
+        the teacher has a usable one (None).
+    width, depth, kernel_size, padding_mode
+        The students' structure (:class:`StudentSpec`).
+
+    Raises
+    ------
+    ValueError
+        ``stack=True`` for a teacher without a usable latent (the reason is given).
+    """
+    ok, why = stackable(teacher, x, cond)
+    if stack is None:
+        stack = ok
+    elif stack and not ok:
+        raise ValueError(f"cannot stack on the teacher's latent: {why}; use stack=False")
+    t_in, c_in, out_steps = int(teacher.in_steps), int(teacher.in_channels), int(teacher.out_steps)
+    c_out = int(getattr(teacher, "out_channels", None) or c_in)
+    out_width = int(teacher.encode(x, cond).z.shape[1]) if stack else out_steps * c_out
+    spec = StudentSpec(
+        in_channels=t_in * c_in,
+        out_channels=out_width,
+        width=width,
+        depth=depth,
+        kernel_size=kernel_size,
+        cond_dim=int(getattr(teacher, "cond_dim", 0) or 0),
+        padding_mode=padding_mode,
+    )
+    return StudentEnsemble(
+        spec,
+        in_steps=t_in,
+        out_steps=out_steps,
+        in_channels=c_in,
+        out_channels=c_out,
+        decoder=copy.deepcopy(teacher) if stack else None,
+    )
 
 
 @torch.no_grad()
@@ -287,6 +352,7 @@ def distill(
     train: TrainConfig | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    trainer: TrainerFactory | None = None,
 ) -> Distillation:
     """Distil ``teacher`` into ``n_students`` boosted students of ``depth`` layers.
 
@@ -320,6 +386,11 @@ def distill(
         Windows per optimisation step.
     progress : bool
         Progress bars over the teacher pass and the students.
+    trainer : callable, optional
+        ``trainer(student, loss_fn, k, batch_size) -> Trainer`` for student ``k`` (0-based);
+        a plain :class:`Trainer` with ``train`` by default. A run passes
+        :meth:`~physforecast.methods.RunContext.trainer` here, so every student is a stage
+        with checkpoints, DDP and exact resume.
 
     Returns
     -------
@@ -341,54 +412,32 @@ def distill(
     cfg = train or TrainConfig(epochs=5, lr=3e-3)
     device = resolve_device(cfg.device)
     cfg = replace(cfg, device=str(device))
-    cond_dim = int(getattr(teacher, "cond_dim", 0) or 0)
     teacher.eval().to(device)
 
     probe = next(iter(DataLoader(data, batch_size=1)))
     probe_cond = _cond(teacher, probe)
     probe_cond = probe_cond.to(device) if probe_cond is not None else None
-    ok, why = stackable(teacher, probe["x"].to(device), probe_cond)
-    if stack is None:
-        stack = ok
-    elif stack and not ok:
-        raise ValueError(f"cannot stack on the teacher's latent: {why}; use stack=False")
-    targets = teacher_targets(
-        teacher, data, stack=stack, batch_size=batch_size, device=device, progress=progress
-    )
-    t_in, c_in = int(teacher.in_steps), int(teacher.in_channels)
-    out_steps = int(teacher.out_steps)
-    c_out = int(targets.y.shape[2])
-    out_width = int(targets.z.shape[1]) if stack else out_steps * c_out
-    spec = StudentSpec(
-        in_channels=t_in * c_in,
-        out_channels=out_width,
+    model = student_ensemble(
+        teacher,
+        probe["x"].to(device),
+        probe_cond,
+        stack=stack,
         width=width,
         depth=depth,
         kernel_size=kernel_size,
-        cond_dim=cond_dim,
         padding_mode=padding_mode,
-    )
-    decoder = copy.deepcopy(teacher) if stack else None
-    model = StudentEnsemble(
-        spec,
-        in_steps=t_in,
-        out_steps=out_steps,
-        in_channels=c_in,
-        out_channels=c_out,
-        decoder=decoder,
     ).to(device)
+    stack = model.stacked
+    targets = teacher_targets(
+        teacher, data, stack=stack, batch_size=batch_size, device=device, progress=progress
+    )
+    out_width = model.spec.out_channels
     weight = float(latent_weight) if stack else 0.0
     loss_fn = _loss_fn(model, weight, targets.latent_scale)
     base = torch.zeros(len(targets), out_width, *targets.x.shape[-2:])
-    generator = torch.Generator().manual_seed(cfg.seed)
-
-    def loaders(base: torch.Tensor) -> tuple[DataLoader, DataLoader]:
-        ds = _Batches(_tensors(targets, base))
-        return (
-            DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator),
-            DataLoader(ds, batch_size=batch_size, shuffle=False),
-        )
-
+    make_trainer = trainer or (
+        lambda module, loss, k, bs: Trainer(module, cfg, loss_fn=loss, batch_size=bs)
+    )
     losses = [
         distillation_loss(model, targets, n_active=0, latent_weight=weight, batch_size=batch_size)
     ]
@@ -397,40 +446,28 @@ def distill(
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed + 1000 * (k + 1))
         student = model.add_student().to(device)
-        train_loader, eval_loader = loaders(base)
-        trainer = Trainer(student, cfg, loss_fn=loss_fn)
-        start = trainer.evaluate(eval_loader)["val_loss"]
-        best: dict[str, Any] = {
-            "loss": start,
-            "epoch": 0,
-            "state": copy.deepcopy(student.state_dict()),
-        }
-
-        def keep_best(
-            trainer: Trainer, record: dict[str, Any], best: dict[str, Any] = best
-        ) -> None:
-            if record["val_loss"] < best["loss"]:
-                best.update(
-                    loss=record["val_loss"],
-                    epoch=record["epoch"],
-                    state=copy.deepcopy(trainer.model.state_dict()),
-                )
-
-        trainer.callbacks.append(keep_best)
-        history = trainer.fit(train_loader, eval_loader)
-        student.load_state_dict(best["state"])
+        windows = _Batches(_tensors(targets, base))
+        initial = copy.deepcopy(student.state_dict())  # adds nothing: its last layer is zero
+        start = Trainer(student, cfg, loss_fn=loss_fn, batch_size=batch_size).evaluate(windows)
+        fit = make_trainer(student, loss_fn, k, batch_size)
+        history = fit.fit(windows, windows)
+        best = fit.best_state_dict()
+        improved = best is not None and fit.best_val < start["val_loss"]
+        student.load_state_dict(best if improved else initial)
         student.eval()
         with torch.no_grad():
             for s in range(0, len(targets), batch_size):
                 sl = slice(s, min(s + batch_size, len(targets)))
                 cond = targets.cond[sl].to(device) if targets.cond is not None else None
                 base[sl] += student(stack_time(targets.x[sl].to(device)), cond).float().cpu()
-        losses.append(float(best["loss"]))
+        loss_after = fit.best_val if improved else start["val_loss"]
+        losses.append(float(loss_after))
+        epochs = [r["epoch"] for r in history if r.get("val_loss") == fit.best_val]
         records.append(
             {
-                "loss_before": float(start),
-                "loss_after": float(best["loss"]),
-                "best_epoch": int(best["epoch"]),
+                "loss_before": float(start["val_loss"]),
+                "loss_after": float(loss_after),
+                "best_epoch": int(epochs[0]) if improved and epochs else 0,
                 "seconds": time.perf_counter() - t0,
                 "history": history,
             }

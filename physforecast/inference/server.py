@@ -154,7 +154,7 @@ class ForecastService:
     Parameters
     ----------
     forecaster : Forecaster
-        What to serve (:func:`~physforecast.inference.runs.load_forecaster`).
+        What to serve (:func:`physforecast.load`: the students of a students run).
     config : ServeConfig, optional
         Batching, queue and policy settings.
     """
@@ -428,13 +428,12 @@ def serve(
 ) -> None:
     """Serve the forecaster of ``run_dir`` until interrupted (blocking).
 
-    Students are served when the run has some
-    (:func:`~physforecast.inference.runs.load_forecaster`), else the run's model. On
-    Ctrl-C or SIGTERM the requests in flight are finished (up to ``shutdown_timeout_s``).
+    The run's model is served as :func:`physforecast.load` gives it (the students of a
+    students run). On Ctrl-C or SIGTERM the requests in flight are finished (up to ``shutdown_timeout_s``).
     """
-    from .runs import load_forecaster
+    import physforecast as pf
 
-    app = create_app(load_forecaster(run_dir, device=device), config)
+    app = create_app(pf.load(run_dir, device=device), config)
     uvicorn.run(
         app,
         host=host,

@@ -184,6 +184,9 @@ class Trainer:
         Called as ``callback(trainer, record)`` after every epoch.
     on_step : list of callable
         Called as ``callback(trainer, logs)`` after every optimizer step.
+    batch_size : int, optional
+        Windows per batch of the loaders it builds; ``config.data.batch_size`` (or 16)
+        by default.
 
     Examples
     --------
@@ -207,6 +210,7 @@ class Trainer:
         averager: Any = None,
         callbacks: list[Callable[[Trainer, dict[str, Any]], None]] | None = None,
         on_step: list[Callable[[Trainer, dict[str, Any]], None]] | None = None,
+        batch_size: int | None = None,
     ) -> None:
         if cfg.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"train.precision must be fp32, bf16 or fp16; got {cfg.precision!r}")
@@ -231,6 +235,7 @@ class Trainer:
         self.run: RunDir | None = run_dir
         self.stage = stage
         self.config = config
+        self.batch_size = batch_size
         self.averager = averager
         self.callbacks = list(callbacks or [])
         self.on_step = list(on_step or [])
@@ -251,6 +256,7 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None  # optimizer/scheduler state of a resume
+        self._best: dict[str, torch.Tensor] | None = None  # weights of the best epoch so far
 
     # -- pieces -------------------------------------------------------------------
     @property
@@ -280,7 +286,7 @@ class Trainer:
         """A DataLoader for ``data``; training order is seeded by ``(seed, epoch)`` so resumes repeat it."""
         if isinstance(data, DataLoader):
             return data
-        bs = self.config.data.batch_size if self.config is not None else 16
+        bs = self.batch_size or (self.config.data.batch_size if self.config is not None else 16)
         workers = self.config.data.num_workers if self.config is not None else 0
         if self.dist.enabled:
             sampler = DistributedSampler(data, shuffle=train, seed=self.cfg.seed, drop_last=False)
@@ -452,6 +458,9 @@ class Trainer:
         if improved:
             self.best_val = record.get("val_loss", record["train_loss"])
             self.bad_epochs = 0
+            self._best = {
+                k: v.detach().clone() for k, v in unwrap(self.eval_model).state_dict().items()
+            }
         else:
             self.bad_epochs += 1
         self.history.append(record)
@@ -489,6 +498,17 @@ class Trainer:
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
+
+    def best_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The weights of the best epoch (by validation loss, else training loss): kept in
+        memory, or read from the stage's ``best`` checkpoint after a resume; None before
+        the first epoch. The EMA weights when ``train.ema`` is on."""
+        if self._best is None and self.run is not None:
+            path = self.run.checkpoint_path("best", self.stage)
+            if path.exists():
+                state = load_checkpoint(path, map_location=self.device)
+                self._best = state.get("ema", state["model"])
+        return self._best
 
     def save_checkpoint(self, name: str) -> Path | None:
         """Write ``checkpoints/[<stage>/]<name>.pt`` atomically (rank 0 only)."""

@@ -21,7 +21,6 @@ def students_run(tiny_run, tmp_path_factory):
             stack=None,
             epochs=1,
             device="cpu",
-            progress=False,
         )
     return out
 

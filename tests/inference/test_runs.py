@@ -1,5 +1,5 @@
-"""A students run directory: written atomically, loaded back as a Forecaster that forecasts,
-rolls out and scores like any other; the ``distill`` and ``serve`` commands."""
+"""A students run directory: a run of the ``students`` method, loaded back as a Forecaster
+that forecasts, rolls out and scores like any other; the ``distill`` and ``serve`` commands."""
 
 from __future__ import annotations
 
@@ -16,42 +16,40 @@ import pytest
 import torch
 
 import physforecast as pf
+from physforecast.data.prepare import prepare_data
+from physforecast.forecast import forecast_windows
 from physforecast.inference.accuracy import compare_students
 from physforecast.inference.ensemble import StudentEnsemble
 from physforecast.inference.runs import (
-    STUDENTS_CHECKPOINT,
     build_student_model,
+    distill_run,
     is_students_run,
-    load_forecaster,
     load_student_model,
     load_students,
-    save_students_run,
 )
 from physforecast.metrics import score
-from physforecast.rollout import forecast_windows
+from physforecast.run_dir import RunDir
 
 
-def test_students_run_holds_the_teacher_files_and_the_students(students_run, tiny_run):
+def test_a_students_run_is_a_run_of_the_students_method(students_run, tiny_run):
     assert is_students_run(students_run) and not is_students_run(tiny_run)
-    for name in (
-        "config.yaml",
-        "model.json",
-        "data.json",
-        "normalization.json",
-        "checkpoints/best.pt",
-    ):
-        assert (students_run / name).read_bytes() == (tiny_run / name).read_bytes()
-    spec = json.loads((students_run / "students.json").read_text())
+    run, teacher = RunDir(students_run), RunDir(tiny_run)
+    cfg = run.read_config()
+    assert cfg.method == "students" and cfg.students.teacher == str(tiny_run)
+    assert run.read_data_spec() == teacher.read_data_spec()
+    assert run.read_normalizer() == teacher.read_normalizer()  # the same training split
+    spec = run.read_model_spec()
     assert spec["n_students"] == 3 and spec["student"]["depth"] == 2
     assert spec["stacked"] is True and spec["teacher"]["name"] == "fno"  # FNO exposes its latent
-    losses = spec["distillation"]["losses"]
+    record = json.loads(run.file("students.json").read_text())
+    losses = record["losses"]
     assert len(losses) == 4 and all(a >= b for a, b in zip(losses, losses[1:]))
-    rows = spec["evaluation"]["rows"]
+    stages = {r["stage"] for r in run.read_metrics()}
+    assert stages == {"student-1", "student-2", "student-3"}
+    rows = json.loads(run.file("students_eval.json").read_text())["rows"]
     assert [r["n_active"] for r in rows] == [None, 1, 2, 3]
     assert rows[0]["rmse_vs_teacher"] == 0.0
-    assert not [
-        p for p in students_run.parent.iterdir() if p.name.startswith(f".{students_run.name}")
-    ]
+    assert (students_run / "scorecard.json").exists()  # scored like any run
 
 
 def test_load_students_is_a_forecaster_with_the_teachers_contract(students_run, tiny_run, tiny_ds):
@@ -77,28 +75,27 @@ def test_load_students_is_a_forecaster_with_the_teachers_contract(students_run, 
     assert not np.allclose(
         pf.predict(one, tiny_ds)["vorticity"].values, forecast["vorticity"].values
     )
-    assert load_forecaster(students_run).model.n_students == 3
-    assert not hasattr(load_forecaster(tiny_run).model, "n_students")
+    assert pf.load(students_run).model.n_students == 3
+    assert not hasattr(pf.load(tiny_run).model, "n_students")
 
 
 def test_students_score_on_the_test_split_like_any_model(students_run):
-    from physforecast.training.run import prepare
-
     fc = load_students(students_run)
-    prepared = prepare(fc.config, fc.normalizer)
+    prepared = prepare_data(fc.config, fc.normalizer)
     forecast, truth = forecast_windows(fc.model, prepared.test, fc.normalizer)
     card = score(forecast, truth)
     assert np.isfinite(card["score"].sel(metric="rmse").values).all()
-    rows = compare_students(pf.load(students_run).model, fc.model, prepared.test, fc.normalizer)
-    recorded = json.loads((students_run / "students.json").read_text())["evaluation"]["rows"]
+    teacher = pf.load(fc.config.students.teacher)
+    rows = compare_students(teacher.model, fc.model, prepared.test, fc.normalizer)
+    recorded = json.loads((students_run / "students_eval.json").read_text())["rows"]
     assert [r["rmse"] for r in rows] == pytest.approx([r["rmse"] for r in recorded], rel=1e-5)
 
 
 def test_the_saved_spec_rebuilds_the_same_model(students_run, tiny_ds):
-    spec = json.loads((students_run / "students.json").read_text())
+    run = RunDir(students_run)
+    spec = run.read_model_spec()
     model = build_student_model(spec)
-    state = torch.load(students_run / STUDENTS_CHECKPOINT, weights_only=True)["model"]
-    model.load_state_dict(state)
+    model.load_state_dict(run.load_checkpoint("best")["model"])
     loaded = load_student_model(students_run)
     x = torch.randn(2, 2, 1, 32, 32)
     with torch.no_grad():
@@ -107,18 +104,13 @@ def test_the_saved_spec_rebuilds_the_same_model(students_run, tiny_ds):
         build_student_model({**spec, "format": "other"})
 
 
-def test_saving_refuses_to_overwrite_or_to_write_over_the_teacher(students_run, tiny_run, tmp_path):
-    model = load_student_model(students_run)
+def test_distilling_refuses_to_overwrite_or_to_write_over_the_teacher(students_run, tiny_run):
     with pytest.raises(FileExistsError, match="exists"):
-        save_students_run(model, tiny_run, students_run)
+        distill_run(tiny_run, out=students_run)
     with pytest.raises(ValueError, match="new directory"):
-        save_students_run(model, tiny_run, tiny_run, overwrite=True)
-    with pytest.raises(FileNotFoundError, match="lacks"):
-        save_students_run(model, tmp_path, tmp_path / "out")
-    out = save_students_run(model, tiny_run, tmp_path / "copy")
-    again = save_students_run(model, tiny_run, out, overwrite=True)
-    assert again == out and is_students_run(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no temporary left behind
+        distill_run(tiny_run, out=tiny_run, overwrite=True)
+    with pytest.raises(ValueError, match="already a students run"):
+        distill_run(students_run)
     with pytest.raises(FileNotFoundError, match="physforecast distill"):
         load_student_model(tiny_run)
 
@@ -143,7 +135,7 @@ def test_distill_command(tiny_run, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert f"students run: {out}" in printed and "students n_active=2" in printed
-    spec = json.loads((out / "students.json").read_text())
+    spec = RunDir(out).read_model_spec()
     assert spec["stacked"] is False and spec["student"]["depth"] == 1 and spec["n_students"] == 2
     assert main([*argv, "--out", str(out)]) == 2  # exists: a clear error, not a traceback
     assert "exists" in capsys.readouterr().err
