@@ -145,10 +145,41 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+_TIME_LIKE = ("time", "trajectory", "sample", "t")
+
+
+def _lost(absent: list, dims: tuple[str, ...], grid: tuple[int, ...]) -> list:
+    """The absent chunks that were lost, not left out.
+
+    zarr (v3 by default) does not write a chunk that holds only the fill value, so an
+    absent chunk may be all NaN by design: land in an ocean field, a variable that is NaN
+    everywhere. Such a block of space is absent at every time. A block absent at some
+    times and present at others lost those chunks.
+    """
+    when = [i for i, d in enumerate(dims) if d.lower() in _TIME_LIKE or d.lower().startswith("time")]
+    if not when:
+        return []  # no time axis to compare along
+    per_block: dict[tuple[int, ...], int] = {}
+    for coords, _ in absent:
+        block = tuple(c for i, c in enumerate(coords) if i not in when)
+        per_block[block] = per_block.get(block, 0) + 1
+    times = 1
+    for i in when:
+        times *= grid[i]
+    return [
+        (coords, key)
+        for coords, key in absent
+        if per_block[tuple(c for i, c in enumerate(coords) if i not in when)] < times
+    ]
+
+
 def check_zarr_chunks(
     path: str | os.PathLike, ds: xr.Dataset, *, on_bad_data: str = "raise"
 ) -> None:
-    """Refuse a zarr store whose data variables lack chunks (unless ``on_bad_data="mask"``).
+    """Refuse a zarr store whose data variables lost chunks (unless ``on_bad_data="mask"``).
+
+    A chunk counts as lost when its block of space is stored at other times; a block
+    absent at every time (land, a variable that is all fill value) was left out by design.
 
     Parameters
     ----------
@@ -166,10 +197,15 @@ def check_zarr_chunks(
     """
     check_on_bad_data(on_bad_data)
     names = [str(v) for v in ds.data_vars if ds[v].ndim > 0]
-    lost = missing_zarr_chunks(path, names)
+    arrays = _zarr_arrays(Path(path), names)
+    lost = {}
+    for name, chunks in missing_zarr_chunks(path, names).items():
+        dims = tuple(str(d) for d in ds[name].dims)
+        chunks = _lost(chunks, dims, _grid(arrays[name]))
+        if chunks:
+            lost[name] = chunks
     if not lost:
         return
-    arrays = _zarr_arrays(Path(path), lost)
     lines = []
     for name, chunks in lost.items():
         dims = tuple(str(d) for d in ds[name].dims)
