@@ -197,8 +197,8 @@ def _section_names() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+def _suggest(key: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(valid)}."
 
 
