@@ -185,9 +185,7 @@ def check_passthrough(
         for p in inspect.signature(target).parameters.values()
         if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
-    if any(
-        p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values()
-    ):
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values()):
         return  # open-ended: the library decides
     valid = [p for p in mine if not p.endswith("_kwargs")] + [p for p in theirs if p not in taken]
     check_options(f"backbone {name!r}", given, valid, key="model.options")

@@ -45,7 +45,9 @@ __all__ = [
     "signals_as_exceptions",
 ]
 
-_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>[0-9a-f]{8})(?P<rand>[0-9a-f]{8})\.tmp(?P<suffix>(\..*)?)$")
+_TEMPORARY = re.compile(
+    r"^\.(?P<stem>.+)\.(?P<pid>[0-9a-f]{8})(?P<rand>[0-9a-f]{8})\.tmp(?P<suffix>(\..*)?)$"
+)
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

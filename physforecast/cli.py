@@ -161,8 +161,7 @@ def _nearest_time(ds: Any, text: str) -> tuple[int, bool]:
             gaps, steps = np.abs(values - value), np.abs(np.diff(values))
     except (ValueError, TypeError, OverflowError):
         raise ConfigError(
-            f"--init {text!r} is neither a time index nor a time such as "
-            f"{_show_time(index[0])}"
+            f"--init {text!r} is neither a time index nor a time such as {_show_time(index[0])}"
         ) from None
     i = int(np.argmin(gaps))
     step = float(np.median(steps)) if steps.size else 0.0
@@ -213,9 +212,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     keep = None
     if args.variables:
         keep = [v.strip() for v in args.variables.split(",") if v.strip()]
-        check_options(
-            f"the model of {args.run_dir}", keep, forecaster.variables, key="--variables"
-        )
+        check_options(f"the model of {args.run_dir}", keep, forecaster.variables, key="--variables")
     ds, _ = _forecast_input(args, forecaster)
     steps = args.steps if args.steps is not None else forecaster.out_steps
     if steps < 1:

@@ -55,11 +55,11 @@ from physforecast.atomic import (
     remove_orphans,
 )
 from physforecast.checkpoint import load_checkpoint, save_checkpoint
-from physforecast.errors import CheckpointError, OutputPathError, RunDirInUseError
 from physforecast.config import Config, config_from_dict, config_to_dict
 from physforecast.data.io import write_dataset
 from physforecast.data.normalization import Normalizer
 from physforecast.data.spec import DataSpec
+from physforecast.errors import CheckpointError, OutputPathError, RunDirInUseError
 from physforecast.metrics.report import write_scorecard
 from physforecast.registry import METHODS
 
@@ -164,7 +164,9 @@ class RunLock:
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)),
+                "command": " ".join(
+                    os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)
+                ),
             }
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)

@@ -35,8 +35,8 @@ import xarray as xr
 from physforecast.errors import ConfigError, DataFormatError, check_options
 
 from .cf import canonicalize, validate_fields
-from .integrity import BAD_DATA_ATTR, check_on_bad_data, check_zarr_chunks, guard_zarr
 from .hdf5 import PDEBENCH_FIELDS, open_h5, open_pdebench, open_the_well
+from .integrity import BAD_DATA_ATTR, check_on_bad_data, check_zarr_chunks, guard_zarr
 from .layout import check_variables
 
 __all__ = [

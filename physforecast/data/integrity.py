@@ -134,7 +134,9 @@ def _describe_region(ds: xr.Dataset, region: dict[str, slice]) -> str:
         label = ""
         if dim in ds.coords and ds[dim].ndim == 1:
             values = ds[dim].values[sl]
-            label = f" ({_label(values[0])}" + (f" to {_label(values[-1])})" if len(values) > 1 else ")")
+            label = f" ({_label(values[0])}" + (
+                f" to {_label(values[-1])})" if len(values) > 1 else ")"
+            )
         parts.append(f"{dim} {span}{label}")
     return ", ".join(parts) or "the whole array"
 
@@ -156,7 +158,9 @@ def _lost(absent: list, dims: tuple[str, ...], grid: tuple[int, ...]) -> list:
     everywhere. Such a block of space is absent at every time. A block absent at some
     times and present at others lost those chunks.
     """
-    when = [i for i, d in enumerate(dims) if d.lower() in _TIME_LIKE or d.lower().startswith("time")]
+    when = [
+        i for i, d in enumerate(dims) if d.lower() in _TIME_LIKE or d.lower().startswith("time")
+    ]
     if not when:
         return []  # no time axis to compare along
     per_block: dict[tuple[int, ...], int] = {}
@@ -213,16 +217,17 @@ def check_zarr_chunks(
         where = _describe_region(ds, _region(arrays[name], dims, coords))
         more = f" and {len(chunks) - 1} more" if len(chunks) > 1 else ""
         lines.append(f"variable {name!r}: chunk {coords} (file {key}){more}, holding {where}")
-    message = (
-        f"{path}: the zarr store lacks data chunks, which would read as NaN: "
-        + "; ".join(lines)
+    message = f"{path}: the zarr store lacks data chunks, which would read as NaN: " + "; ".join(
+        lines
     )
     if on_bad_data == "mask":
         warnings.warn(message + "; treated as masked (on_bad_data=mask)", stacklevel=3)
         return
-    raise DataIntegrityError(f"{message}. If the store was written with "
-                             "write_empty_chunks=False and those chunks hold only the fill "
-                             f"value, or the data are really missing: {_WHAT_TO_DO}")
+    raise DataIntegrityError(
+        f"{message}. If the store was written with "
+        "write_empty_chunks=False and those chunks hold only the fill "
+        f"value, or the data are really missing: {_WHAT_TO_DO}"
+    )
 
 
 # -- zarr: chunks that cannot be decoded -----------------------------------------------------
@@ -295,7 +300,9 @@ class GuardedZarrArray:
                     for sl, n in zip(index, self.shape)
                 )
                 return np.full(shape, np.nan, dtype=self.dtype)
-            raise DataIntegrityError(f"{message}. {_WHAT_TO_DO[0].upper()}{_WHAT_TO_DO[1:]}") from None
+            raise DataIntegrityError(
+                f"{message}. {_WHAT_TO_DO[0].upper()}{_WHAT_TO_DO[1:]}"
+            ) from None
 
 
 def guard_zarr(

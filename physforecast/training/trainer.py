@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from physforecast.checkpoint import load_checkpoint
 from physforecast.config import Config, TrainConfig, config_to_dict
 from physforecast.data.windows import worker_init
-from physforecast.errors import DeviceError
+from physforecast.errors import DeviceError, PhysforecastError
 from physforecast.run_dir import RunDir
 
 from .distributed import DistInfo
@@ -72,7 +72,7 @@ SchedulerFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
 SCHEDULES = ("cosine", "constant")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PhysforecastError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 

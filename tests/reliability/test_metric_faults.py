@@ -32,7 +32,9 @@ def test_lsd_stays_finite_when_a_spectrum_bin_is_empty():
     # the floor does not move a distance between fields with power everywhere
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.normal(size=(3, 32, 32)))
-    assert torch.allclose(S.lsd(2 * x, x), torch.full((3,), 20 * math.log10(2), dtype=torch.float64), rtol=1e-9)
+    assert torch.allclose(
+        S.lsd(2 * x, x), torch.full((3,), 20 * math.log10(2), dtype=torch.float64), rtol=1e-9
+    )
 
 
 @pytest.mark.parametrize("m", [2, 4, 10])

@@ -96,8 +96,9 @@ def test_two_trainings_into_one_directory_then_kill_9_then_resume(tmp_path, caps
     out = tmp_path / "run"
     first = cli("train", "--epochs", "40", "--out", str(out), "--set", *TINY)
     metrics = out / "metrics.jsonl"
-    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 200,
-              "first epoch", first)
+    _wait_for(
+        lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 200, "first epoch", first
+    )
     # a second writer fails at once, naming the first
     second = cli("train", "--epochs", "40", "--out", str(out), "--set", *TINY)
     rc, _, err = finish(second, timeout=200)

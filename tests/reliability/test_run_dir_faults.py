@@ -170,6 +170,8 @@ def test_a_failure_after_the_first_checkpoint_keeps_the_run_for_resume(tmp_path,
         trainer_module.Trainer._run_epoch = original
     err = capsys.readouterr().err
     assert f"continue with physforecast train --resume {out}" in err
+    # stderr is not a terminal here: one line per epoch, and what the simulation does
+    assert "train epoch 1/2, loss " in err and " samples/s, ETA " in err
     assert (out / "checkpoints" / "last.pt").exists() and temporaries(out) == []
     assert main(["train", "--resume", str(out)]) == 0
     assert "resuming training at epoch 2/2" in capsys.readouterr().err
@@ -225,3 +227,31 @@ def test_sigterm_removes_the_temporary_being_written(tmp_path):
         atomic_write(target, write)
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
+def test_a_beamvq_run_resumes_every_stage_and_says_so(tmp_path, capsys):
+    from physforecast.training import trainer as trainer_module
+
+    out = tmp_path / "bvq"
+    beamvq = ["beamvq.num_codes=8", "beamvq.code_dim=4", "beamvq.top_k=2", "beamvq.width=2"]
+    beamvq += ["beamvq.rounds=1", "beamvq.epochs_per_round=1", "model.options.n_layers=1"]
+    argv = ["train", "--method", "beamvq", "--epochs", "4", "--out", str(out)]
+    original = trainer_module.Trainer._run_epoch
+
+    def stopped_in_round_one(self, *args, **kwargs):
+        if self.stage == "round-1":
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    trainer_module.Trainer._run_epoch = stopped_in_round_one
+    try:
+        assert main([*argv, "--set", *TINY, *beamvq]) == 130
+    finally:
+        trainer_module.Trainer._run_epoch = original
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "backbone already finished (2/2 epochs)" in err
+    assert "head already finished (1/1 epochs)" in err
+    stages = [(r["stage"], r["epoch"]) for r in RunDir(out).read_metrics()]
+    assert stages == [("backbone", 1), ("backbone", 2), ("head", 1), ("round-1", 1)]
