@@ -1,9 +1,9 @@
 """Progress of long work that reads well on a terminal and in a log.
 
-On a terminal :func:`progress` is a tqdm bar. When stderr is a pipe or a file (a batch
-job, ``nohup``, a CI log) tqdm would draw nothing useful, so it is a :class:`LineProgress`
-instead: a plain line every tenth of the work (and at the end) with the count, the
-elapsed time and the time left.
+On a terminal (or in a notebook) :func:`progress` is a tqdm bar. When stderr is a pipe or
+a file (a batch job, ``nohup``, a CI log) tqdm would draw nothing useful, so it is a
+:class:`LineProgress` instead: a plain line every tenth of the work (and at the end) with
+the count, the elapsed time and the time left.
 
 Examples
 --------
@@ -103,11 +103,11 @@ def progress(
     Returns
     -------
     tqdm or LineProgress
-        A tqdm bar when stderr is a terminal, a :class:`LineProgress` otherwise; both have
+        A tqdm bar on a terminal or in a notebook, a :class:`LineProgress` otherwise; both have
         ``update``, ``set_postfix`` and ``close`` and are context managers.
     """
     if not enabled:
         return tqdm(total=total, desc=desc, disable=True)
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() or "ipykernel" in sys.modules:  # a terminal or a notebook
         return tqdm(total=total, desc=desc, leave=leave)
     return LineProgress(total, desc, unit=unit)
