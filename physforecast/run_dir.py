@@ -169,7 +169,8 @@ class RunLock:
                 ),
             }
             os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(me) + "\n").encode())
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -124,11 +124,17 @@ def _region(arr: Any, dims: tuple[str, ...], coords: tuple[int, ...]) -> dict[st
     }
 
 
+def _time_like(dim: Any) -> bool:
+    """Whether a (raw, not yet canonical) dim runs over time or over samples of it."""
+    name = str(dim).lower()
+    return name in ("t", "trajectory", "sample", "member") or name.startswith("time")
+
+
 def _describe_region(ds: xr.Dataset, region: dict[str, slice]) -> str:
     """``time 3 (1990-04-01)`` or ``time 8-15``: where a chunk lies along time-like dims."""
     parts = []
     for dim, sl in region.items():
-        if dim not in ("time", "trajectory", "sample") and not str(dim).startswith("time"):
+        if not _time_like(dim):
             continue
         span = f"{sl.start}" if sl.stop - sl.start == 1 else f"{sl.start}-{sl.stop - 1}"
         label = ""
@@ -147,9 +153,6 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-_TIME_LIKE = ("time", "trajectory", "sample", "t")
-
-
 def _lost(absent: list, dims: tuple[str, ...], grid: tuple[int, ...]) -> list:
     """The absent chunks that were lost, not left out.
 
@@ -158,9 +161,7 @@ def _lost(absent: list, dims: tuple[str, ...], grid: tuple[int, ...]) -> list:
     everywhere. Such a block of space is absent at every time. A block absent at some
     times and present at others lost those chunks.
     """
-    when = [
-        i for i, d in enumerate(dims) if d.lower() in _TIME_LIKE or d.lower().startswith("time")
-    ]
+    when = [i for i, d in enumerate(dims) if _time_like(d)]
     if not when:
         return []  # no time axis to compare along
     per_block: dict[tuple[int, ...], int] = {}
