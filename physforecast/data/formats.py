@@ -216,7 +216,9 @@ def open_cf(
         :class:`~physforecast.errors.DataIntegrityError` naming the variable, file and
         index, or (``mask``, only when asked) read as NaN and leave the loss.
     check_chunks : bool
-        Check at opening that a zarr store holds every chunk (a directory listing).
+        Check at opening that a zarr store holds every chunk: a directory listing, about
+        0.4 s for 8000 chunks (``physforecast/data/integrity.py``); turn it off for a store
+        of millions of chunks that you trust.
 
     Returns
     -------

@@ -20,9 +20,10 @@ window's mask leaves those points out of the loss.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,9 @@ def _zarr_arrays(path: Path, names: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+_METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
 def _storage_chunks(arr: Any) -> tuple[int, ...]:
     """The shape of one stored object (a shard when the array is sharded, else a chunk)."""
     return tuple(getattr(arr, "shards", None) or arr.chunks)
@@ -88,6 +92,16 @@ def _storage_chunks(arr: Any) -> tuple[int, ...]:
 def _grid(arr: Any) -> tuple[int, ...]:
     """Stored objects per dim of a zarr array."""
     return tuple(-(-s // c) for s, c in zip(arr.shape, _storage_chunks(arr)))
+
+
+def _stored_keys(folder: str, prefix: str = "") -> Iterator[str]:
+    """The relative paths (``c/3/0/0``) of the files below ``folder``, metadata aside."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _stored_keys(entry.path, f"{prefix}{entry.name}/")
+            elif entry.name not in _METADATA:
+                yield prefix + entry.name
 
 
 def missing_zarr_chunks(path: str | os.PathLike, names: Iterable[str]) -> dict[str, list]:
@@ -102,11 +116,9 @@ def missing_zarr_chunks(path: str | os.PathLike, names: Iterable[str]) -> dict[s
     root = Path(path)
     out: dict[str, list] = {}
     for name, arr in _zarr_arrays(root, names).items():
-        folder = root / name
-        present = set()
-        for dirpath, _, files in os.walk(folder):
-            rel = Path(dirpath).relative_to(folder)
-            present.update((rel / f).as_posix() for f in files)
+        present = set(_stored_keys(str(root / name)))
+        if len(present) >= math.prod(_grid(arr)):
+            continue  # every chunk is there (the common case: no key to compare)
         lost = []
         for coords in product(*map(range, _grid(arr))):
             key = arr.metadata.encode_chunk_key(coords)
