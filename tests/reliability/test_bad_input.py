@@ -205,3 +205,13 @@ def test_evaluate_waits_for_no_one(run_copy, capsys):
     shutil.rmtree(run_copy / "checkpoints")
     assert main(["evaluate", str(run_copy)]) == 2
     assert "no checkpoint 'best'" in error_line(capsys)
+
+
+def test_a_forecast_that_cannot_be_verified_says_how_many(tiny_run):
+    from physforecast.data.io import open_dataset
+    from physforecast.metrics.verification import verify
+
+    ds = open_dataset("ns2d", options={"n_trajectories": 6, "n_steps": 12})
+    forecast = pf.rollout(pf.load(tiny_run), ds, 2)  # from the last frame: no truth after it
+    with pytest.warns(UserWarning, match=r"before lead time 1 for all 6 forecasts .*init <= 9"):
+        verify(forecast, ds)
