@@ -21,15 +21,17 @@ Backbones register themselves with :func:`register_backbone` and are built with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from physforecast.errors import check_options
 from physforecast.registry import BACKBONES
 
-__all__ = ["Backbone", "Latent", "register_backbone", "check_divisible"]
+__all__ = ["Backbone", "Latent", "register_backbone", "check_divisible", "check_passthrough"]
 
 
 class Latent(NamedTuple):
@@ -143,3 +145,47 @@ def check_divisible(name: str, size: tuple[int, int], factor: int) -> None:
             f"{name} needs H and W divisible by {factor}; got H={h}, W={w}. "
             f"Allowed sizes are multiples of {factor}, e.g. {factor * max(1, h // factor)}x{factor * max(1, w // factor)}."
         )
+
+
+def check_passthrough(
+    name: str,
+    own: Callable[..., Any],
+    given: Mapping[str, Any],
+    target: Callable[..., Any],
+    taken: Iterable[str] = (),
+) -> None:
+    """Refuse an option that neither a backbone nor the library class it wraps takes.
+
+    A backbone that passes ``**kwargs`` on to a library class (neuraloperator's ``FNO``)
+    would otherwise fail with the library's ``TypeError``; this names the backbone, the
+    config key and the closest valid option instead.
+
+    Parameters
+    ----------
+    name : str
+        The registered backbone name.
+    own : callable
+        The backbone's ``__init__`` (its named parameters are valid options).
+    given : mapping
+        The options passed on to ``target``.
+    target : callable
+        The wrapped class.
+    taken : iterable of str
+        ``target`` parameters the backbone sets itself (not options of the backbone).
+
+    Raises
+    ------
+    OptionError
+        Listing the valid options, with a suggestion.
+    """
+    taken = set(taken)
+    mine = [p for p in inspect.signature(own).parameters if p not in ("self", "args", "kwargs")]
+    theirs = [
+        p.name
+        for p in inspect.signature(target).parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values()):
+        return  # open-ended: the library decides
+    valid = [p for p in mine if not p.endswith("_kwargs")] + [p for p in theirs if p not in taken]
+    check_options(f"backbone {name!r}", given, valid, key="model.options")

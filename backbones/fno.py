@@ -13,7 +13,7 @@ from neuralop.models import FNO
 
 from physforecast.layers import FiLM, stack_time, unstack_time
 
-from .base import Backbone, Latent, register_backbone
+from .base import Backbone, Latent, check_passthrough, register_backbone
 
 
 class FNOBackbone(Backbone):
@@ -48,6 +48,8 @@ class FNOBackbone(Backbone):
         **fno_kwargs,
     ) -> None:
         super().__init__(in_steps, out_steps, in_channels, out_channels, cond_dim)
+        taken = ("n_modes", "in_channels", "out_channels", "hidden_channels", "n_layers")
+        check_passthrough("fno", FNOBackbone.__init__, fno_kwargs, FNO, taken)
         n_modes = (modes, modes) if isinstance(modes, int) else tuple(modes)
         self.fno = FNO(
             n_modes=n_modes,

@@ -26,7 +26,7 @@ from neuralop.models import UNO
 
 from physforecast.layers import FiLM, stack_time, unstack_time
 
-from .base import Backbone, Latent, check_divisible, register_backbone
+from .base import Backbone, Latent, check_divisible, check_passthrough, register_backbone
 
 __all__ = ["UNOBackbone"]
 
@@ -84,6 +84,18 @@ class UNOBackbone(Backbone):
         **uno_kwargs,
     ) -> None:
         super().__init__(in_steps, out_steps, in_channels, out_channels, cond_dim)
+        taken = (
+            "in_channels",
+            "out_channels",
+            "hidden_channels",
+            "lifting_channels",
+            "projection_channels",
+            "n_layers",
+            "uno_out_channels",
+            "uno_n_modes",
+            "uno_scalings",
+        )
+        check_passthrough("uno", UNOBackbone.__init__, uno_kwargs, UNO, taken)
         scalings = [float(s) for s in scalings]
         n_layers = len(scalings)
         if n_layers < 1:

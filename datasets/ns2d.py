@@ -19,8 +19,8 @@ import math
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
+from physforecast.progress import progress as progress_bar
 from physforecast.registry import DATASETS
 
 __all__ = ["simulate_vorticity", "ns2d", "ns_forcing"]
@@ -69,7 +69,7 @@ def simulate_vorticity(
     forcing : torch.Tensor, optional
         Forcing field (N, N); zero when omitted.
     progress : bool
-        Show a progress bar.
+        Report progress (a bar on a terminal, a line per tenth of the work in a log).
 
     Returns
     -------
@@ -101,7 +101,7 @@ def simulate_vorticity(
     w_hat = torch.fft.rfft2(w0.to(torch.float64))
     out = torch.empty((b, len(t_save), n, n), dtype=torch.float64)
     t = 0.0
-    bar = tqdm(total=len(t_save), desc="ns2d", disable=None if progress else True, leave=False)
+    bar = progress_bar(len(t_save), "ns2d", enabled=progress, unit="frames")
     for i, target in enumerate(np.asarray(t_save, dtype=float)):
         if target <= t:
             raise ValueError(f"t_save must be increasing and > 0; got {t_save}")
@@ -178,7 +178,7 @@ def ns2d(
     seed : int
         Seed of the initial conditions and viscosities.
     progress : bool
-        Show a progress bar.
+        Report progress (a bar on a terminal, a line per tenth of the work in a log).
 
     Returns
     -------

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from physforecast.data.cf import simulation_dataset
+from physforecast.progress import progress as progress_bar
 from physforecast.registry import DATASETS
 
 __all__ = ["rayleigh_benard", "BoussinesqSolver", "nusselt_number", "CRITICAL_RAYLEIGH"]
@@ -246,7 +246,7 @@ def rayleigh_benard(
     cfl : float
         Advective Courant number (SSP-RK3 with central differences is stable to about 1.7).
     progress : bool
-        Show a progress bar (on a terminal).
+        Report progress (a bar on a terminal, a line per tenth of the work in a log).
 
     Returns
     -------
@@ -293,9 +293,7 @@ def rayleigh_benard(
 
     fields = np.empty((3, n, n_steps, nz, nx))
     n_chunks = int(np.ceil(spinup / dt)) if spinup > 0 else 0
-    with tqdm(
-        total=n_chunks + n_steps - 1, desc="rayleigh_benard", disable=None if progress else True
-    ) as bar:
+    with progress_bar(n_chunks + n_steps - 1, "rayleigh_benard", enabled=progress) as bar:
         for _ in range(n_chunks):
             T, u, w = advance(T, u, w, spinup / n_chunks)
             bar.update(1)

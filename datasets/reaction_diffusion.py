@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.fft as sfft
 import xarray as xr
-from tqdm.auto import tqdm
 
 from physforecast.data.cf import simulation_dataset
+from physforecast.progress import progress as progress_bar
 from physforecast.registry import DATASETS
 
 __all__ = ["reaction_diffusion", "laplacian_eigenvalues", "FHN_K"]
@@ -141,7 +141,7 @@ def reaction_diffusion(
     max_substep : float
         Largest splitting step.
     progress : bool
-        Show a progress bar (on a terminal).
+        Report progress (a bar on a terminal, a line per tenth of the work in a log).
 
     Returns
     -------
@@ -191,9 +191,7 @@ def reaction_diffusion(
 
     frames = np.empty((n, n_steps, 2, ny, nx))
     frames[:, 0] = state
-    with tqdm(
-        total=n_steps - 1, desc="reaction_diffusion", disable=None if progress else True
-    ) as bar:
+    with progress_bar(n_steps - 1, "reaction_diffusion", enabled=progress) as bar:
         for t in range(1, n_steps):
             # Strang splitting with the inner half-steps of diffusion merged.
             state = diffuse(state, half)

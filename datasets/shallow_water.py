@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from physforecast.data.cf import simulation_dataset
+from physforecast.progress import progress as progress_bar
 from physforecast.registry import DATASETS
 
 __all__ = ["shallow_water", "sw_rhs", "sw_step", "total_mass"]
@@ -236,7 +236,7 @@ def shallow_water(
     cfl : float
         Courant number of the substeps.
     progress : bool
-        Show a progress bar (on a terminal).
+        Report progress (a bar on a terminal, a line per tenth of the work in a log).
 
     Returns
     -------
@@ -302,7 +302,7 @@ def shallow_water(
 
     frames = np.empty((n, n_steps, 3, ny, nx))
     frames[:, 0] = U
-    with tqdm(total=n_steps - 1, desc="shallow_water", disable=None if progress else True) as bar:
+    with progress_bar(n_steps - 1, "shallow_water", enabled=progress) as bar:
         for k in range(1, n_steps):
             t, t_end = 0.0, dt
             while t < t_end - 1e-12:

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from physforecast.data.cf import simulation_dataset
+from physforecast.progress import progress as progress_bar
 from physforecast.registry import DATASETS
 
 __all__ = ["storms", "SEVIR_THRESHOLDS", "pixel_shift_per_frame"]
@@ -120,7 +120,7 @@ def storms(
     noise : float
         Relative amplitude of the multiplicative noise.
     progress : bool
-        Show a progress bar (on a terminal).
+        Report progress (a bar on a terminal, a line per tenth of the work in a log).
 
     Returns
     -------
@@ -177,7 +177,7 @@ def storms(
     ky = np.fft.fftfreq(ny, d=pixel_km)[:, None]
     kx = np.fft.fftfreq(nx, d=pixel_km)[None, :]
     vil = np.empty((n, n_steps, ny, nx))
-    with tqdm(total=n_steps, desc="storms", disable=None if progress else True) as bar:
+    with progress_bar(n_steps, "storms", enabled=progress) as bar:
         for t_idx in range(n_steps):
             t = t_idx * dt
             if t_idx:

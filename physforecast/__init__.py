@@ -106,7 +106,8 @@ def list_backbones(filter: str | None = None) -> list[str]:
 
 
 def list_datasets(filter: str | None = None) -> list[str]:
-    """Names of the registered datasets (simulators and loaders)."""
+    """Names of the registered datasets (the simulators; files are opened by their path,
+    see :func:`physforecast.data.formats.open_any`)."""
     return DATASETS.names(filter)
 
 

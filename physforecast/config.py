@@ -36,6 +36,7 @@ __all__ = [
     "Config",
     "load_config",
     "save_config",
+    "check_config",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
@@ -196,8 +197,8 @@ def _section_names() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+def _suggest(key: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(valid)}."
 
 
@@ -314,14 +315,99 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def _yaml_error(err: yaml.YAMLError, where: str) -> ConfigError:
+    """A YAML syntax error as one line: where it is and what the parser expected."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    detail = f"{context}, {problem}" if context else problem
+    return ConfigError(f"{where} is not valid YAML{at}: {detail}; fix the file's syntax")
+
+
 def load_config(path: str | Path) -> Config:
-    """Read a YAML config file; keys not given keep their defaults."""
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    """Read a YAML config file; keys not given keep their defaults.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no such file.
+    ConfigError
+        When the file is not valid YAML (the message gives the line and column), is not
+        a mapping, or holds an unknown key or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config file {str(path)!r} not found"
+            + (" (it is a directory)" if path.is_dir() else "")
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise _yaml_error(err, str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a YAML config") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a config file is a mapping of sections (data:, model:, train:...); "
+            f"this one holds a {type(data).__name__}"
+        )
     try:
         return config_from_dict(data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse values no run can use (``train.epochs=0``, a negative batch size...).
+
+    Types are checked when a config is built; this checks ranges, before a run writes
+    anything.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, the value and what it must be.
+    """
+    rules = [
+        ("train.epochs", cfg.train.epochs, cfg.train.epochs >= 1, ">= 1"),
+        ("train.lr", cfg.train.lr, cfg.train.lr > 0, "> 0"),
+        ("train.accumulate", cfg.train.accumulate, cfg.train.accumulate >= 1, ">= 1"),
+        ("train.grad_clip", cfg.train.grad_clip, cfg.train.grad_clip >= 0, ">= 0 (0: off)"),
+        ("train.patience", cfg.train.patience, cfg.train.patience >= 0, ">= 0 (0: off)"),
+        ("train.ema", cfg.train.ema, 0 <= cfg.train.ema < 1, "in [0, 1) (0: off)"),
+        ("data.in_steps", cfg.data.in_steps, cfg.data.in_steps >= 1, ">= 1"),
+        ("data.out_steps", cfg.data.out_steps, cfg.data.out_steps >= 1, ">= 1"),
+        ("data.stride", cfg.data.stride, cfg.data.stride >= 1, ">= 1"),
+        ("data.batch_size", cfg.data.batch_size, cfg.data.batch_size >= 1, ">= 1"),
+        ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
+        ("data.in_memory_mb", cfg.data.in_memory_mb, cfg.data.in_memory_mb >= 0, ">= 0"),
+    ]
+    steps = cfg.train.max_steps_per_epoch
+    if steps is not None:
+        rules.append(("train.max_steps_per_epoch", steps, steps >= 1, ">= 1 (or null)"))
+    split = cfg.data.split
+    rules.append(
+        (
+            "data.split",
+            split,
+            len(split) == 3 and min(split) >= 0 and split[0] > 0,
+            "three fractions train, val, test with train > 0 (e.g. [0.8, 0.1, 0.1])",
+        )
+    )
+    choices = [
+        ("train.precision", cfg.train.precision, ("fp32", "bf16", "fp16")),
+        ("data.normalize", cfg.data.normalize, ("channel", "variable")),
+    ]
+    for key, value, ok, want in rules:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is not valid: it must be {want}")
+    for key, value, valid in choices:
+        if value not in valid:
+            close = difflib.get_close_matches(str(value), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(valid)}.{hint}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -343,8 +429,13 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise _yaml_error(err, f"the value of override {item!r}") from None
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key; write key.path=value")
         node, cls = data, Config
         for depth, part in enumerate(parts):
             path = ".".join(parts[: depth + 1])

@@ -26,6 +26,7 @@ keeps what a stage produces between trainings (pseudo-labels) so a resumed run r
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -143,8 +144,15 @@ class RunContext:
             dist_info=self.dist,
             **options,
         )
-        if self.resume:
-            trainer.resume()
+        if self.resume and trainer.resume():
+            target = trainer.cfg.epochs
+            name = stage or "training"
+            if trainer.epoch >= target:
+                line = f"{name} already finished ({trainer.epoch}/{target} epochs)"
+            else:
+                line = f"resuming {name} at epoch {trainer.epoch + 1}/{target}"
+            if self.is_main:
+                print(line, file=sys.stderr, flush=True)
         return trainer
 
     def artifact(
@@ -194,6 +202,15 @@ class Method:
 
     #: The name the method is registered under.
     name: ClassVar[str] = ""
+    #: Whether ``--resume`` can continue an interrupted run of this method. True for every
+    #: method that trains all its stages through :meth:`RunContext.trainer` (and keeps
+    #: what they produce with :meth:`RunContext.artifact`); a method that cannot sets it
+    #: False, and a ``--resume`` of its runs is refused instead of starting again.
+    resumable: ClassVar[bool] = True
+
+    def check(self, cfg: Config, data: DataSpec) -> None:
+        """Refuse settings this method cannot train with, before the run writes anything
+        (raise :class:`~physforecast.errors.ConfigError`). Nothing by default."""
 
     def model_spec(self, cfg: Config, data: DataSpec) -> dict[str, Any]:
         """The JSON-safe arguments :meth:`build` needs (saved as ``model.json``)."""

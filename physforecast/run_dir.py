@@ -16,6 +16,13 @@ A run directory holds::
 Only the process that writes (rank 0 under ``torchrun``) gets ``writer=True``; on the
 others every write is a no-op, so code that writes can run on every rank.
 
+While a process writes a run it holds the directory's lock (:meth:`RunDir.lock`, the file
+``.lock`` with the owner's pid, host, start time and command): a second writer fails at
+once with :class:`~physforecast.errors.RunDirInUseError` naming the owner. The lock is an
+``flock`` on that file, which the system releases when its owner dies, however it dies; a
+lock file left by a dead owner is stale and is taken over (and said so). Holding the lock,
+the writer removes the temporaries a killed writer left (:meth:`RunDir.remove_orphans`).
+
 Examples
 --------
 >>> run = RunDir("runs/ns2d-fno")                       # doctest: +SKIP
@@ -26,25 +33,37 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
-from collections.abc import Callable
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from physforecast.atomic import atomic_write_json, atomic_write_text
+from physforecast.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    is_temporary,
+    pid_alive,
+    remove_orphans,
+)
 from physforecast.checkpoint import load_checkpoint, save_checkpoint
 from physforecast.config import Config, config_from_dict, config_to_dict
 from physforecast.data.io import write_dataset
 from physforecast.data.normalization import Normalizer
 from physforecast.data.spec import DataSpec
+from physforecast.errors import CheckpointError, OutputPathError, RunDirInUseError
 from physforecast.metrics.report import write_scorecard
 from physforecast.registry import METHODS
 
-__all__ = ["RunDir", "LoadedRun"]
+__all__ = ["RunDir", "LoadedRun", "RunLock"]
 
 
 @dataclass
@@ -71,6 +90,127 @@ class LoadedRun:
     config: Config
     data: DataSpec
     path: Path
+
+
+try:  # POSIX: an flock, released by the system when its owner dies
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the owner's pid decides
+    fcntl = None
+
+
+def _describe(owner: dict[str, Any]) -> str:
+    where = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+    since = f" since {owner['started']}" if owner.get("started") else ""
+    command = f" ({owner['command']})" if owner.get("command") else ""
+    return where + since + command
+
+
+class RunLock:
+    """The exclusive lock of a run directory: the file ``.lock``, holding its owner.
+
+    Parameters
+    ----------
+    directory : path
+        The run directory (created when missing).
+
+    Examples
+    --------
+    >>> with RunLock("runs/demo"):                          # doctest: +SKIP
+    ...     ...  # nobody else writes runs/demo meanwhile
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        self._fd: int | None = None
+        #: The owner of a stale lock this one took over (None: there was none).
+        self.took_over: dict[str, Any] | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def owner(self) -> dict[str, Any]:
+        """What the lock file says about its (last) owner; empty when unreadable."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def acquire(self) -> RunLock:
+        """Take the lock, or raise :class:`~physforecast.errors.RunDirInUseError`."""
+        if self.held:
+            return self
+        if self.directory.exists() and not self.directory.is_dir():
+            raise OutputPathError(
+                f"{self.directory} is a file, not a run directory; give another --out"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not self._try_lock(fd):
+                raise RunDirInUseError(
+                    f"run directory {self.directory} is in use by {_describe(self.owner())}; "
+                    "wait for that run to finish, or write this one to another --out"
+                )
+            previous = self.owner()
+            if previous and not self._same_process(previous):
+                self.took_over = previous
+            me = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "command": " ".join(
+                    os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)
+                ),
+            }
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(me) + "\n").encode())
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def _try_lock(self, fd: int) -> bool:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+            return True
+        owner = self.owner()  # pragma: no cover - no flock: trust a live pid on this host
+        if owner and owner.get("host") == socket.gethostname() and owner.get("pid") != os.getpid():
+            return not pid_alive(int(owner.get("pid", 0)))
+        return not owner or owner.get("host") == socket.gethostname()
+
+    @staticmethod
+    def _same_process(owner: dict[str, Any]) -> bool:
+        return owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname()
+
+    def release(self) -> None:
+        """Give the lock up (the lock file stays, empty, for the next owner)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class RunDir:
@@ -125,6 +265,53 @@ class RunDir:
     def exists(self) -> bool:
         """Whether the directory holds a run (its ``config.yaml``)."""
         return (self.path / self.CONFIG).exists()
+
+    def contents(self) -> list[Path]:
+        """What the directory holds besides its lock file and temporaries (sorted)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(
+            p for p in self.path.iterdir() if p.name != RunLock.NAME and not is_temporary(p)
+        )
+
+    # -- lock and housekeeping (writer only) ----------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunLock | None]:
+        """Hold the directory's :class:`RunLock` within the block (the writer only).
+
+        Taking over a stale lock (its owner died) is reported on stderr; the temporaries
+        such an owner left are removed.
+        """
+        if not self.writer:
+            yield None
+            return
+        with RunLock(self.path) as held:
+            if held.took_over:
+                print(
+                    f"physforecast: note: took over the stale lock of {self.path} "
+                    f"({_describe(held.took_over)}, no longer running)",
+                    file=sys.stderr,
+                )
+            self.remove_orphans()
+            yield held
+
+    def remove_orphans(self) -> list[Path]:
+        """Remove the temporaries (``.NAME.<hex>.tmp.SUFFIX``) that a killed writer left
+        anywhere in the run; call it holding the lock (nobody else writes here then)."""
+        if not self.writer:
+            return []
+        return remove_orphans(self.path, recursive=True, everything=True)
+
+    def clear(self) -> None:
+        """Delete everything in the directory but its lock (``--overwrite``)."""
+        if not self.writer:
+            return
+        for p in self.contents():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        self.remove_orphans()
 
     def require(self) -> RunDir:
         """``self``, or a ``FileNotFoundError`` when this is not a run directory."""
@@ -259,7 +446,19 @@ class RunDir:
         method = METHODS.create(cfg.method)
         model = method.build(self.read_model_spec(), cfg, data)
         state = self.load_checkpoint(checkpoint)
-        model.load_state_dict(state.get("ema", state["model"]))
+        if "model" not in state:
+            raise CheckpointError(
+                f"{self.checkpoint_path(checkpoint)} holds no model weights (no 'model' "
+                "entry); it was not written by physforecast train"
+            )
+        try:
+            model.load_state_dict(state.get("ema", state["model"]))
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{self.checkpoint_path(checkpoint)} does not fit the model that "
+                f"{self.path / self.MODEL} describes ({_first_mismatch(err)}); the two come "
+                "from different trainings. Train the run again (physforecast train --overwrite)"
+            ) from None
         model.to(device).eval()
         return LoadedRun(model, self.read_normalizer(), cfg, data, self.path)
 
@@ -271,3 +470,9 @@ class RunDir:
                 f"{self.path} has no {name}; was it written by physforecast train?"
             )
         return path
+
+
+def _first_mismatch(err: Exception) -> str:
+    """The first line of a ``load_state_dict`` error that names a key."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    return lines[0].rstrip(".") if lines else str(err).splitlines()[0]

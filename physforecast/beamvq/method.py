@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from physforecast.config import Config
 from physforecast.data.spec import DataSpec
+from physforecast.errors import ConfigError
 from physforecast.methods import Method, RunContext
 from physforecast.registry import BACKBONES, METHODS, SCORES
 from physforecast.search.critic import CriticFilter
@@ -230,7 +231,7 @@ def epoch_split(cfg: Config) -> tuple[int, int, int]:
     head = b.head_epochs if b.head_epochs is not None else max(1, total // 5)
     backbone = total - head - b.rounds * b.epochs_per_round
     if backbone < 1:
-        raise ValueError(
+        raise ConfigError(
             f"train.epochs={total} is too few for BeamVQ: it needs >= 1 backbone epoch + "
             f"{head} head epoch(s) + beamvq.rounds ({b.rounds}) x beamvq.epochs_per_round "
             f"({b.epochs_per_round}); raise train.epochs or lower beamvq.rounds"
@@ -387,6 +388,10 @@ class BeamVQMethod(Method):
     """BeamVQ as a method: the backbone's spec, a head on it, three kinds of stages."""
 
     name = "beamvq"
+
+    def check(self, cfg: Config, data: DataSpec) -> None:
+        epoch_split(cfg)  # enough epochs for every stage
+        score_functions(cfg)  # the scores exist
 
     def build(self, spec: dict[str, Any], cfg: Config, data: DataSpec) -> BeamVQForecaster:
         return build_beamvq_model(cfg, spec, example_size=data.layout.shape)

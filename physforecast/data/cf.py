@@ -21,13 +21,14 @@ convention (dims (trajectory, time, y, x), units, parameters along trajectory).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from physforecast.errors import DataFormatError
+from physforecast.errors import ConfigError, DataFormatError
 
 from .layout import check_variables
 
@@ -39,6 +40,7 @@ __all__ = [
     "canonicalize",
     "check_time_monotonic",
     "check_not_all_nan",
+    "all_nan_variables",
     "present_spatial_dims",
     "valid_mask",
     "attach_valid_mask",
@@ -284,10 +286,10 @@ def _first_index(da: xr.DataArray) -> xr.DataArray:
     return da.isel({d: 0 for d in da.dims if d not in keep})
 
 
-def check_not_all_nan(
+def all_nan_variables(
     ds: xr.Dataset, variables: Iterable[str] | None = None, *, source: str = "dataset"
-) -> None:
-    """Raise :class:`DataFormatError` naming every variable that holds no finite value.
+) -> list[str]:
+    """The floating-point variables (of ``variables``, or all) that hold no finite value.
 
     The first frame is read first; only when it is all NaN is the whole variable
     reduced (chunk by chunk with dask, never loaded at once).
@@ -301,6 +303,18 @@ def check_not_all_nan(
             continue
         if not bool(da.notnull().any().compute()):
             bad.append(name)
+    return bad
+
+
+def check_not_all_nan(
+    ds: xr.Dataset, variables: Iterable[str] | None = None, *, source: str = "dataset"
+) -> None:
+    """Raise :class:`DataFormatError` naming every variable that holds no finite value.
+
+    The first frame is read first; only when it is all NaN is the whole variable
+    reduced (chunk by chunk with dask, never loaded at once).
+    """
+    bad = all_nan_variables(ds, variables, source=source)
     if bad:
         raise DataFormatError(f"{source}: variable(s) {bad} are NaN everywhere; nothing to learn")
 
@@ -423,6 +437,7 @@ def validate_fields(
     mask: str = "first",
     fill_value: float | None = None,
     source: str = "dataset",
+    all_nan: str = "raise",
 ) -> xr.Dataset:
     """The readers' last step: refuse all-NaN fields, then store a validity mask if needed.
 
@@ -435,11 +450,24 @@ def validate_fields(
         Replaces NaN where a mask is built; None keeps them.
     source : str
         How to name the data in error messages.
+    all_nan : {"raise", "warn"}
+        A field that is NaN everywhere: an error (the fields were asked for by name), or
+        a warning (a file opened whole: its other fields stay usable).
     """
     if mask not in ("first", "full", "none"):
-        raise ValueError(f"mask must be 'first', 'full' or 'none', got {mask!r}")
+        raise ConfigError(f"mask must be 'first', 'full' or 'none', got {mask!r}")
     fields = [str(v) for v in ds.data_vars if present_spatial_dims(ds[v])]
-    check_not_all_nan(ds, fields, source=source)
+    if all_nan == "raise":
+        check_not_all_nan(ds, fields, source=source)
+    else:
+        dead = all_nan_variables(ds, fields, source=source)
+        if dead:
+            warnings.warn(
+                f"{source}: variable(s) {dead} are NaN everywhere; they cannot be forecast "
+                "(choose the variables to use with data.variables)",
+                stacklevel=3,
+            )
+            fields = [f for f in fields if f not in dead]  # no mask to make of them
     if mask != "none" and fields:
         ds = attach_valid_mask(
             ds, fields, first_only=mask == "first", fill_value=fill_value, source=source

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from physforecast.errors import DataFormatError
+from physforecast.errors import DataFormatError, DataIntegrityError
 
 from .cf import check_time_monotonic, validate_fields
 from .layout import check_variables
@@ -53,8 +53,18 @@ class _H5Array:
         self.ndim = len(self.shape)
 
     def __getitem__(self, index):
-        with h5py.File(self.path, "r") as f:
-            return np.asarray(f[self.key][index])
+        try:
+            with h5py.File(self.path, "r") as f:
+                return np.asarray(f[self.key][index])
+        except (OSError, KeyError) as err:
+            where = ", ".join(
+                f"{sl.start or 0}:{sl.stop}" if isinstance(sl, slice) else str(sl)
+                for sl in (index if isinstance(index, tuple) else (index,))
+            )
+            raise DataIntegrityError(
+                f"{self.path}: HDF5 dataset {self.key!r} cannot be read at [{where}] "
+                f"(corrupt or truncated?): {err}. Restore the file from a good copy"
+            ) from None
 
 
 def _lazy(path: Path, dset, chunks: Sequence[int] | None = None) -> dsa.Array:

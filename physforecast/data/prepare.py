@@ -11,6 +11,7 @@ import xarray as xr
 
 from physforecast.config import Config
 
+from .checks import check_split_lengths
 from .io import open_dataset
 from .layout import ChannelLayout
 from .normalization import Normalizer
@@ -91,6 +92,7 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
         ds = ds.load()  # small: one read instead of a dask graph per window
     layout = ChannelLayout.from_dataset(ds, data.variables, source=str(data.dataset))
     params = list(data.params or [])
+    check_split_lengths(ds, data.split, data.in_steps, data.out_steps, seed=cfg.train.seed)
     splits = split_indices(ds, data.split, seed=cfg.train.seed)
     if normalizer is None:
         normalizer = Normalizer.fit(ds, layout, params, selection=splits[0], per=data.normalize)

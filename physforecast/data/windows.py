@@ -25,6 +25,9 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset
 
+from physforecast.errors import DataFormatError, WindowsTooShortError
+
+from .integrity import check_frames
 from .layout import ChannelLayout
 from .normalization import Normalizer
 
@@ -33,11 +36,13 @@ __all__ = ["ForecastWindows", "split_indices", "worker_init"]
 
 def _check_time(ds: xr.Dataset, needed: int) -> None:
     if "time" not in ds.dims:
-        raise ValueError(f"dataset has no 'time' dim; dims are {tuple(ds.dims)}")
+        raise DataFormatError(f"dataset has no 'time' dim; dims are {tuple(ds.dims)}")
     n = ds.sizes["time"]
     if n < needed:
-        raise ValueError(
-            f"windows need in_steps + out_steps = {needed} time steps; the dataset has {n}"
+        raise WindowsTooShortError(
+            f"windows need in_steps + out_steps = {needed} time steps; the dataset has {n} "
+            "in the selection given (one split's block of time, or all of it). Lower "
+            "data.in_steps or data.out_steps, or give the split more time with data.split"
         )
     if "time" in ds.coords:
         t = ds["time"].values
@@ -214,6 +219,7 @@ class ForecastWindows(Dataset):
         frames = torch.from_numpy(
             self._frames(sub.isel(time=slice(t0, t0 + self.in_steps + self.out_steps)))
         )
+        frames, mask = check_frames(self, frames, traj, t0)  # NaN where valid: an error
         params = torch.from_numpy(self._param_values[traj])
         if self.normalizer is not None:
             frames = self.normalizer.normalize(frames)
@@ -223,7 +229,7 @@ class ForecastWindows(Dataset):
             "x": frames[: self.in_steps].float(),
             "y": frames[self.in_steps :].float(),
             "params": params.float(),
-            "mask": self.mask,
+            "mask": mask,
         }
 
     def __repr__(self) -> str:

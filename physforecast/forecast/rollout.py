@@ -22,7 +22,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from physforecast.data.layout import ChannelLayout
-from physforecast.errors import DataFormatError
+from physforecast.errors import DataFormatError, PhysforecastError
 from physforecast.metrics.verification import to_dataset
 
 from .dataset import declared_parameters, forecast_dataset, sample_parameters
@@ -31,7 +31,7 @@ from .forecaster import Forecaster, load
 __all__ = ["RolloutBlowupError", "predict", "rollout", "input_layout", "init_positions"]
 
 
-class RolloutBlowupError(RuntimeError):
+class RolloutBlowupError(PhysforecastError, RuntimeError):
     """A rollout left the range of the training data (non-finite or huge values)."""
 
 

@@ -103,12 +103,26 @@ def spread_skill_ratio(
     weights: Tensor | None = None,
     mask: Tensor | None = None,
     sample_dim: int | None = None,
+    corrected: bool = False,
 ) -> Tensor:
     """Spread-skill ratio ``sqrt(mean_w var_members) / sqrt(mean_w (mean_members - y)^2)``.
 
     The member variance is unbiased (``M - 1``). With ``sample_dim`` (a dim of ``target``)
     both mean squares are averaged over the forecasts before the roots, as WeatherBench 2.
-    A calibrated ensemble scores about 1 (best is 1, so neither higher nor lower is better).
+
+    By default this is WeatherBench 2's ratio (ensemble standard deviation over the RMSE
+    of the ensemble mean, with no factor for the ensemble size). For a reliable ensemble
+    of ``M`` members (members and truth drawn from one distribution) the ensemble mean's
+    squared error exceeds the member variance by ``(M + 1) / M``, so that ratio is about
+    ``sqrt(M / (M + 1))``: 0.82 for M = 2, 0.95 for M = 10, 1 only as M grows. With
+    ``corrected=True`` the ratio is multiplied by ``sqrt((M + 1) / M)`` (Fortin et al.
+    2014), so that a reliable ensemble of any size scores about 1; below 1 is
+    under-dispersive, above 1 over-dispersive either way.
+
+    Parameters
+    ----------
+    corrected : bool
+        Multiply by ``sqrt((M + 1) / M)``: 1 means reliable whatever ``M``.
 
     Returns
     -------
@@ -124,7 +138,9 @@ def spread_skill_ratio(
     if sample_dim is not None:
         d = leading_dim(sample_dim, y.ndim, "spread_skill_ratio")
         spread, skill = spread.mean(d), skill.mean(d)
-    return torch.sqrt(spread) / torch.sqrt(skill)
+    ratio = torch.sqrt(spread) / torch.sqrt(skill)
+    m = x.shape[0]
+    return ratio * ((m + 1) / m) ** 0.5 if corrected else ratio
 
 
 @METRICS.register("rank_histogram", kind="probabilistic", higher_is_better=None, ensemble=True)

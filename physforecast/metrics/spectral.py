@@ -304,7 +304,16 @@ def lsd(
     ``P`` is physicsnemo's radially averaged power spectrum (see
     :func:`_physicsnemo_spectrum`); the mean runs over its bins. Scale-aware: a field
     with twice the amplitude scores ``20 log10(2) ~ 6 dB``. (..., H, W) -> (...).
+
+    A bin where one field has no power at all (a smooth or constant forecast, a short
+    lead of a field with few scales) would make the ratio 0 or infinite and the distance
+    infinite; both spectra are floored at ``1e-12`` of their mean power per bin (-120 dB)
+    first, so such a bin counts as a large but finite distance, and a bin empty in both
+    counts as 0 dB.
     """
     p, t, _ = prepare(pred, target, weights, mask, name="lsd", weighted=False)
-    ratio = _physicsnemo_spectrum(p) / _physicsnemo_spectrum(t)
+    sp, st = _physicsnemo_spectrum(p), _physicsnemo_spectrum(t)
+    tiny = torch.finfo(sp.dtype).tiny
+    floor = 1e-12 * (sp.mean(-1, keepdim=True) + st.mean(-1, keepdim=True)) + tiny
+    ratio = (sp + floor) / (st + floor)
     return 10 * torch.sqrt((torch.log10(ratio) ** 2).mean(-1))

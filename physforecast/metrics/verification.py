@@ -260,12 +260,19 @@ def verify(
     source = to_dataset(truth, "truth")
     truth = match_truth(forecast, source)
     if truth is not source and "init_index" in forecast.coords:
-        last = forecast["init_index"].values.max() + forecast["lead_time"].values
-        short = forecast["lead_time"].values[last >= source.sizes["time"]]
+        inits = np.atleast_1d(forecast["init_index"].values)
+        n_time = source.sizes["time"]
+        last = inits.max() + forecast["lead_time"].values
+        short = forecast["lead_time"].values[last >= n_time]
         if short.size:
+            lead = int(short[0])
+            cut = int((inits + lead >= n_time).sum())
+            which = f"all {inits.size}" if cut == inits.size else f"{cut} of {inits.size}"
             warnings.warn(
-                f"the truth ends before lead time {int(short[0])} for some samples; the scores "
-                "of those lead times are NaN (choose earlier init times to verify them)",
+                f"the truth ends before lead time {lead} for {which} forecasts (the source "
+                f"has {n_time} time steps; the latest init index is {int(inits.max())}); "
+                "those scores are NaN. Start the forecasts earlier (init <= "
+                f"{n_time - 1 - int(forecast['lead_time'].values.max())}) to verify every lead",
                 stacklevel=2,
             )
     return score(as_samples(forecast), as_samples(truth), suite, **kwargs)

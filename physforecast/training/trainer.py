@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from physforecast.checkpoint import load_checkpoint
 from physforecast.config import Config, TrainConfig, config_to_dict
 from physforecast.data.windows import worker_init
+from physforecast.errors import DeviceError, PhysforecastError
 from physforecast.run_dir import RunDir
 
 from .distributed import DistInfo
@@ -71,7 +72,7 @@ SchedulerFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
 SCHEDULES = ("cosine", "constant")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PhysforecastError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
@@ -146,10 +147,21 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
+        raise DeviceError(
             f"train.device={device!r}, but no CUDA device is available; use train.device=auto or cpu"
         )
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(
+            f"train.device={device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"train.device={device!r}, but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s), numbered from 0"
+        )
+    return dev
 
 
 class Trainer:
