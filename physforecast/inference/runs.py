@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -194,10 +193,8 @@ def distill_run(
     )
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"the students run must be a new directory, not the teacher's {run_dir}")
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-        shutil.rmtree(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     cfg = teacher.read_config()
     cfg = apply_overrides(
         replace(cfg, method="students", out=str(out), sections={}),
@@ -216,6 +213,6 @@ def distill_run(
             f"data.batch_size={int(batch_size or cfg.data.batch_size)}",
         ],
     )
-    train(cfg)
+    train(cfg, overwrite=overwrite)
     rows = json.loads((out / "students_eval.json").read_text())["rows"]
     return out, rows
