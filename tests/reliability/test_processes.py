@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from gloo import free_port, set_rank_env
 from reliability_helpers import TINY, cli, finish, temporaries
 
 from physforecast.cli import main
@@ -123,7 +122,13 @@ def test_two_trainings_into_one_directory_then_kill_9_then_resume(tmp_path, caps
 def _rank(rank: int, world: int, port: int, out: str, queue) -> None:
     """One rank of a 2-process training; rank 1 dies at the start of its second epoch."""
     torch.set_num_threads(1)
-    set_rank_env(rank, world, port)
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     from physforecast.config import Config, apply_overrides
     from physforecast.training import trainer as trainer_module
     from physforecast.training.run import train
@@ -154,6 +159,8 @@ def test_a_dead_ddp_rank_stops_the_others_with_a_clear_error(tmp_path):
     out = tmp_path / "run"
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
+    from physforecast.training.distributed import free_port
+
     port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, 2, port, str(out), queue)) for r in (0, 1)]
     for p in procs:
