@@ -18,6 +18,7 @@ own handle.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -161,6 +162,7 @@ class ForecastWindows(Dataset):
         self.shape = self.layout.shape
         self._opener = opener or _default_opener(ds)
         self._ds: xr.Dataset | None = ds
+        self._pid = os.getpid()  # the process whose file handles self._ds holds
         self.mask = self._static_mask(sub)
         self.channels = int(self.mask.shape[0])
         self._param_values = self._read_params(sub)
@@ -168,8 +170,18 @@ class ForecastWindows(Dataset):
     # -- reading ------------------------------------------------------------------
     @property
     def ds(self) -> xr.Dataset:
-        """The dataset, reopened in this process if it was pickled without it."""
-        if self._ds is None:
+        """The dataset, reopened in this process if it was pickled without it or forked.
+
+        A DataLoader worker started by ``fork`` inherits the parent's open file handles; the
+        netCDF library shares their position and fails (``Resource temporarily
+        unavailable``) when two processes read through one, so a forked process reopens
+        its own handle when it can, and reads with dask's synchronous scheduler.
+        """
+        forked = self._pid != os.getpid()
+        if forked:
+            worker_init(0)  # the inherited dask thread pool has no threads in this process
+            self._pid = os.getpid()
+        if self._ds is None or (forked and self._opener is not None):
             self._ds = self._opener()
         return self._ds
 

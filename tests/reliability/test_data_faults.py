@@ -170,3 +170,33 @@ def test_windows_too_short_name_the_split_and_what_to_change(tmp_path, capsys):
         ForecastWindows(
             reanalysis(n_time=5).rename(lat="latitude", lon="longitude"), ["z500"], 3, 3
         )
+
+
+@pytest.mark.parametrize("writer", [write_netcdf3, write_netcdf4, write_zarr])
+def test_forked_dataloader_workers_read_lazily_opened_files(tmp_path, writer):
+    """Workers forked from a parent holding an open netCDF handle reopen their own.
+
+    Before, every read of a lazily opened netCDF-3 file in worker 0 failed with
+    ``RuntimeError: Resource temporarily unavailable``.
+    """
+    suffix = ".zarr" if writer is write_zarr else ".nc"
+    path = writer(reanalysis(n_time=60), tmp_path / f"anoms{suffix}")
+    data = prepare_data(cfg_for(path, "data.in_memory_mb=0"))
+    windows = data.train
+    windows.ds  # noqa: B018  (the parent reads first, so the handle is open before the fork)
+    loader = torch.utils.data.DataLoader(
+        windows, batch_size=4, num_workers=2, multiprocessing_context="fork"
+    )
+    batches = list(loader)
+    got = torch.cat([b["x"] for b in batches])
+    expected = torch.stack([windows[i]["x"] for i in range(len(windows))])
+    torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+def test_training_with_workers_on_a_lazily_read_netcdf3_file(tmp_path):
+    path = write_netcdf3(reanalysis(n_time=60), tmp_path / "anoms.nc")
+    out = tmp_path / "run"
+    extra = ["data.num_workers=2", "data.in_memory_mb=0"]
+    argv = ["train", "--dataset", str(path), "--out", str(out), "--set", *SMALL, *extra]
+    assert main(argv) == 0
+    assert (out / "scorecard.json").exists() and (out / "checkpoints" / "best.pt").exists()
