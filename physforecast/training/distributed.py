@@ -18,6 +18,7 @@ import os
 import queue as queue_module
 import re
 import socket
+import sys
 import time
 import traceback
 import warnings
@@ -296,6 +297,12 @@ def _local_worker(
         LOCAL_WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(threads)
+    if "dask" in sys.modules:
+        # a forked child inherits dask's thread pool without its threads: computing
+        # through it would wait forever
+        import dask
+
+        dask.config.set(scheduler="synchronous")
     try:
         dist.init_process_group(
             "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)

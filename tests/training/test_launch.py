@@ -127,6 +127,20 @@ def test_launch_local_reports_a_failing_rank_with_its_traceback():
         launch_local(_fail_on_one, 2, timeout=60, start_method="fork")
 
 
+def _dask_sum(rank: int, world: int) -> float:
+    import dask.array as da
+
+    return float(da.ones(100, chunks=10).sum().compute())
+
+
+def test_forked_ranks_compute_with_dask_after_the_parent_did():
+    """The parent's dask thread pool has no threads in a forked child (it hung forever)."""
+    import dask.array as da
+
+    assert float(da.ones(100, chunks=10).sum().compute()) == 100.0  # the pool now exists
+    assert launch_local(_dask_sum, 2, timeout=60, start_method="fork") == [100.0, 100.0]
+
+
 def test_launch_local_kills_processes_that_overrun():
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="did not finish within 3 s"):
