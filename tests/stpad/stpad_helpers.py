@@ -43,3 +43,39 @@ def torus(n):
 
 
 TWO_PI = 2 * math.pi
+
+
+def toy_ns_file(path, n=12, t=8, s=16, nu_range=(1e-4, 1e-2)) -> str:
+    """A small ns2d-like file: travelling waves whose speed follows a log-spaced viscosity."""
+    rng = np.random.default_rng(0)
+    g = np.arange(s) / s
+    y, x = np.meshgrid(g, g, indexing="ij")
+    nu = np.geomspace(*nu_range, n)
+    speed = (0.05 + 0.1 * (np.log10(nu) - math.log10(nu_range[0])))[:, None, None, None]
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1, 1))
+    time = np.arange(t)[None, :, None, None]
+    w = np.sin(2 * np.pi * (x + speed * time) + phase) + 0.3 * np.cos(4 * np.pi * y)[None, None]
+    ds = xr.Dataset(
+        {
+            "vorticity": (
+                ("trajectory", "time", "y", "x"),
+                w.astype("float32"),
+                {"units": "s-1", "long_name": "vorticity"},
+            ),
+            "viscosity": (("trajectory",), nu, {"units": "m2 s-1", "long_name": "viscosity"}),
+        },
+        coords={"trajectory": np.arange(n), "time": np.arange(t, dtype=float), "y": g, "x": g},
+        attrs={
+            "system": "ns2d",
+            "dx": 1 / s,
+            "dy": 1 / s,
+            "dt": 1.0,
+            "boundary_conditions": "periodic",
+            "parameters": "viscosity",
+            "forcing": "0.1*(sin(2*pi*(x+y)) + cos(2*pi*(x+y)))",
+        },
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / "toy.nc"
+    ds.to_netcdf(out)
+    return str(out)
