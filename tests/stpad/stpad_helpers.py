@@ -79,3 +79,37 @@ def toy_ns_file(path, n=12, t=8, s=16, nu_range=(1e-4, 1e-2)) -> str:
     out = path / "toy.nc"
     ds.to_netcdf(out)
     return str(out)
+
+
+def tiny_items(tmp_path, **over) -> dict:
+    """Overrides of a tiny ST-PAD run on :func:`toy_ns_file`."""
+    return {
+        "data.dataset": toy_ns_file(tmp_path),
+        "data.in_steps": 2,
+        "data.out_steps": 2,
+        "data.batch_size": 8,
+        "data.params": "[viscosity]",
+        "data.split": "[0.6, 0.2, 0.2]",
+        "train.epochs": 2,
+        "train.device": "cpu",
+        "method": "stpad",
+        "stpad.hidden": 8,
+        "stpad.dim": 4,
+        "stpad.num_codes": 16,
+        "stpad.prop_hidden": 16,
+        "stpad.den_hidden": 16,
+        "stpad.den_depth": 1,
+        "stpad.emb_dim": 16,
+        "stpad.sample_steps": 4,
+        "stpad.train_steps": 20,
+        "stpad.members": 3,
+        "out": str(tmp_path / "run"),
+        **over,
+    }
+
+
+def tiny_cfg(tmp_path, **over):
+    from physforecast.config import Config, apply_overrides
+
+    items = tiny_items(tmp_path, **over)
+    return apply_overrides(Config(), [f"{k}={v}" for k, v in items.items()])
