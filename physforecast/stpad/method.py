@@ -457,4 +457,27 @@ class STPADMethod(Method):
             lines.append(f"  {name:16s} " + " ".join(f"{f:.3f}" for f in freq))
         ctx.run.write_json(EVAL_REPORT, report)
         model.reseed()
+        plotted = _plot_ensemble(ctx)
+        if plotted:
+            lines.append(f"ensemble plot: {plotted}")
         return "\n".join(lines)
+
+
+def _plot_ensemble(ctx: RunContext) -> str | None:
+    """``plots/ensemble.png`` from the run's ``forecasts.nc`` (members, mean, spread)."""
+    import xarray as xr
+
+    from physforecast.plots import plot_ensemble, save_figure
+
+    path = ctx.run.file(ctx.run.FORECASTS)
+    if not path.exists() or not ctx.run.writer:
+        return None
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    names = [v for v in ctx.data.variables if v in ds and f"{v}_truth" in ds]
+    if not names or "member" not in ds[names[0]].dims:
+        return None
+    truth = ds[[f"{v}_truth" for v in names]].rename({f"{v}_truth": v for v in names})
+    out = ctx.run.plot_path("ensemble")
+    save_figure(plot_ensemble(ds[names], truth), out)
+    return str(out)

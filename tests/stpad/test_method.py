@@ -32,6 +32,7 @@ def test_stpad_run_scores_ensembles_in_and_out_of_distribution(tmp_path, capsys)
         assert fc["vorticity"].sizes["member"] == 3
     ood = json.loads((run / "scorecard_ood.json").read_text())
     assert "crps" in ood["test_ood"]["metrics"]
+    assert (run / "plots" / "ensemble.png").stat().st_size > 0
     hist = json.loads((run / "stpad_eval.json").read_text())["test"]["rank_histogram"]
     assert len(hist) == 4 and sum(hist) == pytest.approx(1.0)
     # the loaded model forecasts ensembles; a rollout of N members has a member dim
