@@ -8,7 +8,8 @@ guidance, rotary embeddings and a causal 3-D VAE.
 - :mod:`.diffusion`: :class:`DDPM` (DDPM / DDIM through diffusers' schedulers);
 - :mod:`.guidance`: classifier-free guidance, condition dropout, guidance distillation;
 - :mod:`.rope`: 3-D RoPE and Hunyuan-DiT's centred 2-D positions;
-- :mod:`.embeddings`: noise-level, parameter and guidance embeddings, float32 LayerNorm.
+- :mod:`.embeddings`: noise-level, parameter and guidance embeddings, float32 LayerNorm;
+- :mod:`.vae`: the causal 3-D VAE (:class:`CausalVAE3D`), its posterior, loss and tiling.
 """
 
 from .diffusion import DDPM
@@ -16,9 +17,13 @@ from .dit import DiTBlock, DiTDenoiser, DualStreamBlock, MMDiTDenoiser, SingleSt
 from .flow import FlowMatching, flow_sigmas, shift_sigmas
 from .guidance import GuidanceDistiller, cfg_output, condition_dropout
 from .rope import RoPE3D, apply_rope, centered_positions, rope_angles
+from .vae import CausalConv3d, CausalVAE3D, DiagonalGaussian, tiled_decode, tiled_encode, vae_loss
 
 __all__ = [
+    "CausalConv3d",
+    "CausalVAE3D",
     "DDPM",
+    "DiagonalGaussian",
     "DiTBlock",
     "DiTDenoiser",
     "DualStreamBlock",
@@ -34,4 +39,7 @@ __all__ = [
     "flow_sigmas",
     "rope_angles",
     "shift_sigmas",
+    "tiled_decode",
+    "tiled_encode",
+    "vae_loss",
 ]
