@@ -153,5 +153,10 @@ SCORES = Registry("score", populate="physforecast.search.scores")
 #: :class:`physforecast.methods.Method`; its ``config`` metadata is its config section.
 METHODS = Registry(
     "method",
-    populate=("physforecast.methods", "physforecast.beamvq.method", "physforecast.inference.method"),
+    populate=(
+        "physforecast.methods",
+        "physforecast.beamvq.method",
+        "physforecast.inference.method",
+        "physforecast.generative.method",
+    ),
 )
