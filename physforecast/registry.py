@@ -158,5 +158,6 @@ METHODS = Registry(
         "physforecast.beamvq.method",
         "physforecast.inference.method",
         "physforecast.stpad.method",
+        "physforecast.generative.method",
     ),
 )
