@@ -79,6 +79,7 @@ class Setup:
     upstream_epochs: int
     seeds: list[int]
     batch_size: int = 16
+    stride: int = 1
     max_steps: int | None = None
     fno: dict[str, Any] = field(default_factory=lambda: {"modes": 8, "hidden": 24, "n_layers": 3})
     stpad: dict[str, Any] = field(default_factory=dict)
@@ -97,10 +98,19 @@ FULL = Setup(
     train_range=(3e-4, 3e-3),
     in_steps=4,
     out_steps=4,
-    epochs=12,
-    upstream_epochs=6,
+    epochs=10,
+    upstream_epochs=5,
     seeds=[0, 1, 2],
-    stpad={"members": 4, "width": 4, "candidates": 12, "sample_steps": 10, "block": 2},
+    stride=2,
+    stpad={
+        "members": 4,
+        "width": 4,
+        "candidates": 12,
+        "sample_steps": 10,
+        "block": 2,
+        "hidden": 16,
+        "prop_hidden": 32,
+    },
 )
 QUICK = Setup(
     data_options={
@@ -147,6 +157,7 @@ def _config(setup: Setup, overrides: dict[str, str], seed: int, out: Path):
         "data.in_steps": setup.in_steps,
         "data.out_steps": setup.out_steps,
         "data.batch_size": setup.batch_size,
+        "data.stride": setup.stride,
         "data.params": "[viscosity]",
         "data.split": "[0.7, 0.15, 0.15]",
         "data.ood": f"{{param: viscosity, train_range: [{lo}, {hi}]}}",
@@ -223,7 +234,8 @@ def run(quick: bool = False) -> str:
         f"{setup.data_options['n_steps']} frames (dt = {setup.data_options['dt_save']}), "
         f"viscosity log-uniform in {setup.data_options['viscosity_range']}; trained on "
         f"viscosity in [{setup.train_range[0]:g}, {setup.train_range[1]:g}], "
-        f"{setup.in_steps} -> {setup.out_steps} frames, {setup.epochs} epochs each "
+        f"{setup.in_steps} -> {setup.out_steps} frames (windows every {setup.stride} "
+        f"steps), {setup.epochs} epochs each "
         f"(ST-PAD: {setup.upstream_epochs} upstream + {setup.epochs - setup.upstream_epochs} "
         f"diffusion), seeds {setup.seeds}. Values: mean ± std over seeds, physical units. "
         "`in`: the in-range test split; `ood`: every trajectory outside the range "
