@@ -34,10 +34,20 @@ from torch import nn
 
 from physforecast.layers import ResBlock
 
-__all__ = ["SAMPLERS", "timestep_embedding", "LatentDenoiser", "DiffusionProcess"]
+__all__ = [
+    "SAMPLERS",
+    "DENOISERS",
+    "timestep_embedding",
+    "LatentDenoiser",
+    "DiTLatentDenoiser",
+    "DiffusionProcess",
+]
 
 #: The ``stpad.sampler`` choices.
 SAMPLERS = ("ddpm", "ddim", "flow")
+#: The ``stpad.denoiser`` choices: this module's convolutional network, or the DiT of
+#: :mod:`physforecast.generative.dit` behind :class:`DiTLatentDenoiser`.
+DENOISERS = ("conv", "dit")
 
 #: ``model_fn(x_t (B, ...), t (B,) in [0, 1]) -> prediction (B, ...)``
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -143,6 +153,65 @@ class LatentDenoiser(nn.Module):
         for block in self.blocks:
             z = block(z, emb)
         return self.out(z).reshape(b, self.out_steps, d, h, w)
+
+
+class DiTLatentDenoiser(nn.Module):
+    """:class:`~physforecast.generative.dit.DiTDenoiser` with :class:`LatentDenoiser`'s call.
+
+    The latent block ``(B, T_out, D, h, w)`` is the DiT's clip ``(B, D, T_out, h, w)``, the
+    history latents its history condition (``D * T_in`` channels), ``1000 t`` its
+    timestep, ``drop`` its ``drop_params``. ``h`` and ``w`` must be even (2x2 patches).
+
+    Parameters
+    ----------
+    in_steps, out_steps, dim, cond_dim : int
+        As :class:`LatentDenoiser`.
+    hidden, depth, heads : int
+        Token width, blocks (long skips when even) and attention heads of the DiT.
+    """
+
+    def __init__(
+        self,
+        in_steps: int,
+        out_steps: int,
+        dim: int,
+        *,
+        cond_dim: int = 0,
+        hidden: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+    ) -> None:
+        super().__init__()
+        from physforecast.generative.dit import DiTDenoiser
+
+        self.in_steps, self.out_steps, self.dim = int(in_steps), int(out_steps), int(dim)
+        self.cond_dim = int(cond_dim)
+        self.dit = DiTDenoiser(
+            dim,
+            cond_dim=cond_dim,
+            history_channels=dim * in_steps,
+            hidden=hidden,
+            depth=depth,
+            heads=heads,
+            long_skip=depth % 2 == 0,
+        )
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        history: torch.Tensor,
+        params: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Prediction ``(B, T_out, D, h, w)``; arguments as :meth:`LatentDenoiser.forward`."""
+        kw = {}
+        if self.cond_dim and params is not None:
+            kw["params"] = params
+            if drop is not None:
+                kw["drop_params"] = drop.bool()
+        out = self.dit(x_t.movedim(1, 2), 1000.0 * t.float(), history=history.movedim(1, 2), **kw)
+        return out.movedim(2, 1)
 
 
 class DiffusionProcess(nn.Module):

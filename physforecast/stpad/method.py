@@ -39,7 +39,7 @@ from physforecast.methods import Method, RunContext
 from physforecast.registry import METHODS, SCORES
 from physforecast.search.scores import ScoreCombination
 
-from .diffusion import SAMPLERS, DiffusionProcess, LatentDenoiser
+from .diffusion import DENOISERS, SAMPLERS, DiffusionProcess, DiTLatentDenoiser, LatentDenoiser
 from .model import STPADModel
 from .physics import CONSTRAINTS, DEFAULT_WEIGHTS, PhysicsConstraints
 from .upstream import STPADUpstream, upstream_loss
@@ -86,8 +86,11 @@ class STPADConfig:
         Code bank size, commitment weight, EMA decay.
     prop_hidden, prop_depth : int
         Temporal propagator width and depth.
-    den_hidden, den_depth, emb_dim : int
-        Denoiser width, depth and embedding size.
+    denoiser : str
+        ``conv`` (this package's FiLM-conditioned convolutional denoiser) or ``dit``
+        (the DiT of :mod:`physforecast.generative.dit`; the latent grid must be even).
+    den_hidden, den_depth, emb_dim, den_heads : int
+        Denoiser width, depth and embedding size (conv), attention heads (dit).
     constraints : dict
         Constraint name -> weight (``pde``, ``heat``, ``divergence``, ``mass``,
         ``energy``); 0 switches one off.
@@ -128,9 +131,11 @@ class STPADConfig:
     decay: float = 0.99
     prop_hidden: int = 64
     prop_depth: int = 2
+    denoiser: str = "conv"
     den_hidden: int = 64
     den_depth: int = 3
     emb_dim: int = 64
+    den_heads: int = 4
     constraints: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     heat_kappa: float = 1.0
     upstream_epochs: int | None = None
@@ -178,6 +183,8 @@ def stpad_spec(cfg: Config, data: DataSpec) -> dict[str, Any]:
         "num_codes": s.num_codes,
         "prop_hidden": s.prop_hidden,
         "prop_depth": s.prop_depth,
+        "denoiser": s.denoiser,
+        "den_heads": s.den_heads,
         "den_hidden": s.den_hidden,
         "den_depth": s.den_depth,
         "emb_dim": s.emb_dim,
@@ -218,16 +225,27 @@ def build_stpad_model(spec: dict[str, Any], cfg: Config) -> STPADModel:
         prop_depth=spec["prop_depth"],
         padding_mode=pad,
     )
-    denoiser = LatentDenoiser(
-        spec["in_steps"],
-        spec["block"],
-        spec["dim"],
-        cond_dim=cond,
-        hidden=spec["den_hidden"],
-        depth=spec["den_depth"],
-        emb_dim=spec["emb_dim"],
-        padding_mode=pad,
-    )
+    if spec.get("denoiser", "conv") == "dit":
+        denoiser: nn.Module = DiTLatentDenoiser(
+            spec["in_steps"],
+            spec["block"],
+            spec["dim"],
+            cond_dim=cond,
+            hidden=spec["den_hidden"],
+            depth=spec["den_depth"],
+            heads=spec["den_heads"],
+        )
+    else:
+        denoiser = LatentDenoiser(
+            spec["in_steps"],
+            spec["block"],
+            spec["dim"],
+            cond_dim=cond,
+            hidden=spec["den_hidden"],
+            depth=spec["den_depth"],
+            emb_dim=spec["emb_dim"],
+            padding_mode=pad,
+        )
     process = DiffusionProcess(s.sampler, spec["train_steps"], s.sample_steps)
     constraints = PhysicsConstraints(
         spec["channels"], spec["n_params"], s.constraints, heat_kappa=s.heat_kappa
@@ -352,6 +370,15 @@ class STPADMethod(Method):
     def check(self, cfg: Config, data: DataSpec) -> None:
         s = cfg.stpad
         epoch_split(cfg)
+        if s.denoiser not in DENOISERS:
+            raise ConfigError(f"stpad.denoiser={s.denoiser!r} is not one of {', '.join(DENOISERS)}")
+        if s.denoiser == "dit" and (
+            (data.layout.shape[0] // 2**s.down) % 2 or (data.layout.shape[1] // 2**s.down) % 2
+        ):
+            raise ConfigError(
+                "stpad.denoiser=dit needs an even latent grid (2x2 patches): "
+                f"{data.layout.shape} / 2**stpad.down is odd; lower stpad.down"
+            )
         if s.sampler not in SAMPLERS:
             raise ConfigError(f"stpad.sampler={s.sampler!r} is not one of {', '.join(SAMPLERS)}")
         unknown = sorted(set(s.constraints) - set(CONSTRAINTS))

@@ -30,7 +30,7 @@ from physforecast.beamvq.context import PhysicsContext
 from physforecast.search.beam import BeamResult, beam_search
 from physforecast.search.scores import ScoreCombination
 
-from .diffusion import DiffusionProcess, LatentDenoiser
+from .diffusion import DiffusionProcess, DiTLatentDenoiser, LatentDenoiser
 from .physics import PhysicsConstraints
 from .upstream import STPADUpstream
 
@@ -46,7 +46,7 @@ class STPADModel(nn.Module):
     ----------
     upstream : STPADUpstream
         Encoder, code bank, propagator, decoder.
-    denoiser : LatentDenoiser
+    denoiser : LatentDenoiser or DiTLatentDenoiser
         Predicts noise / velocity of a block of ``block`` latent frames.
     process : DiffusionProcess
         Schedule, objective and sampler.
@@ -79,7 +79,7 @@ class STPADModel(nn.Module):
     def __init__(
         self,
         upstream: STPADUpstream,
-        denoiser: LatentDenoiser,
+        denoiser: LatentDenoiser | DiTLatentDenoiser,
         process: DiffusionProcess,
         constraints: PhysicsConstraints,
         context: PhysicsContext,

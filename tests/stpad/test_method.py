@@ -113,3 +113,21 @@ def test_config_errors_before_anything_is_written(tmp_path, over, match):
     with pytest.raises(ConfigError, match=match):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_flow_matching_with_the_dit_denoiser_trains_and_forecasts(tmp_path):
+    over = {
+        "stpad.sampler": "flow",
+        "stpad.denoiser": "dit",
+        "stpad.den_hidden": 16,
+        "stpad.den_depth": 2,
+        "stpad.den_heads": 2,
+        "stpad.guidance": 2.0,
+    }
+    run = train(tiny_cfg(tmp_path, **over), evaluate=False)
+    fc = pf.load(run)
+    assert type(fc.model.denoiser).__name__ == "DiTLatentDenoiser"
+    assert fc.model.process.kind == "flow" and fc.model.guidance == 2.0
+    x = torch.randn(2, 2, 1, 16, 16)
+    ens = fc.model.sample(x, torch.zeros(2, 1))
+    assert ens.shape == (2, 3, 2, 1, 16, 16) and torch.isfinite(ens).all()

@@ -173,3 +173,20 @@ def test_members_of_the_beam_search_are_the_best_beams(model):
     assert ens.shape == (2, 2, 2, 1, 16, 16)
     torch.testing.assert_close(ens, res.sequences[:, :2])
     assert (res.scores[:, 0] <= res.scores[:, 1]).all()
+
+
+def test_the_generative_dit_behind_the_latent_denoiser_call():
+    from physforecast.stpad.diffusion import DiTLatentDenoiser
+
+    torch.manual_seed(0)
+    den = DiTLatentDenoiser(2, 1, 4, cond_dim=1, hidden=16, depth=2, heads=2)
+    x_t, t, hist = torch.randn(2, 1, 4, 4, 4), torch.full((2,), 0.5), torch.randn(2, 2, 4, 4, 4)
+    assert den(x_t, t, hist, torch.zeros(2, 1)).abs().max() == 0  # AdaLN-zero: fresh = 0
+    _randomize(den)
+    low, high = torch.full((2, 1), -1.0), torch.full((2, 1), 1.0)
+    out = den(x_t, t, hist, low)
+    assert out.shape == x_t.shape
+    assert not torch.allclose(out, den(x_t, t, hist, high))
+    dropped = torch.ones(2, dtype=torch.bool)
+    torch.testing.assert_close(den(x_t, t, hist, low, dropped), den(x_t, t, hist, high, dropped))
+    torch.testing.assert_close(den(x_t, t, hist, low, dropped), den(x_t, t, hist, None))
