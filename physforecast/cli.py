@@ -221,7 +221,10 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1; got {steps}")
     init = _init_indices(ds, args.init)
-    forecast = pf.rollout(forecaster, ds, steps, init=init, on_blowup=args.on_blowup)
+    members = getattr(args, "members", 1) or 1
+    forecast = pf.rollout(
+        forecaster, ds, steps, init=init, on_blowup=args.on_blowup, members=members
+    )
     if keep is not None:
         forecast = forecast.drop_vars([v for v in forecaster.variables if v not in keep])
     with signals_as_exceptions():
@@ -410,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--plots", action="store_true", help="also write spectra, panels and a GIF to RUN_DIR/plots"
+    )
+    p.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="ensemble members of a stochastic model (stpad): a 'member' dim in the output",
     )
     p.set_defaults(func=_cmd_forecast)
 

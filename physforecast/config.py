@@ -73,6 +73,10 @@ class DataConfig:
     normalize : str
         ``channel``: a mean and std per channel (each level of a variable on its own);
         ``variable``: one per variable, shared by its levels.
+    ood : dict
+        An out-of-distribution split by a physical parameter,
+        ``{param: viscosity, train_range: [low, high]}``: train/val/test inside the range,
+        ``val_ood``/``test_ood`` outside it (:mod:`physforecast.data.ood`); empty: off.
     """
 
     dataset: str = "ns2d"
@@ -87,6 +91,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
     in_memory_mb: float = 256.0
     normalize: str = "channel"
+    ood: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

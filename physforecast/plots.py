@@ -331,3 +331,71 @@ def save_forecast_plots(
         forecast, out_dir / f"{prefix}.gif", truth, variable, sample=sample
     )
     return written
+
+
+__all__ += ["plot_ensemble"]
+
+
+def plot_ensemble(
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    variable: str | None = None,
+    *,
+    sample: int = 0,
+    leads: list[int] | None = None,
+    members: int = 3,
+) -> Figure:
+    """An ensemble forecast: truth, ensemble mean, spread and a few members per lead time.
+
+    Parameters
+    ----------
+    forecast : xr.Dataset
+        Forecast-convention dataset with a ``member`` dim (sample, lead_time, member, y, x).
+    truth : xr.Dataset
+        The same variables without ``member``.
+    variable : str, optional
+        Which variable; the first one by default.
+    sample : int
+        Which sample (window) to show.
+    leads : list of int, optional
+        Lead-time positions (default: first, middle and last).
+    members : int
+        Members shown below the mean and spread.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Rows: truth, ensemble mean, ensemble standard deviation, then the members; a
+        column per lead time.
+    """
+    variable = variable or _first_field(forecast)
+    da = forecast[variable]
+    if "member" not in da.dims:
+        raise ValueError(f"variable {variable!r} has no 'member' dim; it is not an ensemble")
+    ens = [_one_sample(da.isel(member=m), sample).compute() for m in range(da.sizes["member"])]
+    t = _one_sample(truth[variable], sample).compute().values
+    stack = np.stack([e.values for e in ens])  # (M, L, H, W)
+    n = stack.shape[1]
+    leads = leads or sorted({0, n // 2, n - 1})
+    shown = min(members, stack.shape[0])
+    rows = [("truth", t), ("ensemble mean", stack.mean(0)), ("spread (std)", stack.std(0))]
+    rows += [(f"member {m}", stack[m]) for m in range(shown)]
+    vmin, vmax = float(np.nanmin(t)), float(np.nanmax(t))
+    smax = float(np.nanmax(stack.std(0))) or 1.0
+    fig = Figure(figsize=(3.0 * len(leads), 2.7 * len(rows)))
+    axes = fig.subplots(len(rows), len(leads), squeeze=False)
+    labels = ens[0]["lead_time"].values
+    for i, (title, data) in enumerate(rows):
+        spread = title.startswith("spread")
+        if spread:
+            kw = {"vmin": 0.0, "vmax": smax, "cmap": "viridis"}
+        else:
+            kw = {"vmin": vmin, "vmax": vmax, "cmap": "RdBu_r"}
+        for j, lead in enumerate(leads):
+            im = axes[i, j].imshow(data[lead], origin="lower", **kw)
+            axes[i, j].set_title(f"{title}, lead {int(labels[lead])}", fontsize=9)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            fig.colorbar(im, ax=axes[i, j], shrink=0.75)
+    fig.suptitle(f"{variable}: sample {sample}, {stack.shape[0]} members")
+    return fig

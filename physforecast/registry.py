@@ -153,5 +153,11 @@ SCORES = Registry("score", populate="physforecast.search.scores")
 #: :class:`physforecast.methods.Method`; its ``config`` metadata is its config section.
 METHODS = Registry(
     "method",
-    populate=("physforecast.methods", "physforecast.beamvq.method", "physforecast.inference.method"),
+    populate=(
+        "physforecast.methods",
+        "physforecast.beamvq.method",
+        "physforecast.inference.method",
+        "physforecast.stpad.method",
+        "physforecast.generative.method",
+    ),
 )

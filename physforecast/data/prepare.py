@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from .checks import check_split_lengths
 from .io import open_dataset
 from .layout import ChannelLayout
 from .normalization import Normalizer
+from .ood import OOD_SPLITS, ood_split_indices, parse_ood
 from .spec import DataSpec
 from .windows import ForecastWindows, split_indices
 
@@ -35,6 +36,10 @@ class PreparedData:
         Fitted on the training split (or the resumed run's).
     spec : DataSpec
         Layout, parameters, steps and system: what the model will expect.
+    extra : dict of str to ForecastWindows
+        With ``data.ood``: the out-of-distribution splits (``val_ood``, ``test_ood``,
+        ``test_ood_below``, ``test_ood_above``; :mod:`physforecast.data.ood`), the
+        non-empty ones.
     """
 
     dataset: xr.Dataset
@@ -43,6 +48,7 @@ class PreparedData:
     test: ForecastWindows
     normalizer: Normalizer
     spec: DataSpec
+    extra: dict[str, ForecastWindows] = field(default_factory=dict)
 
     @property
     def layout(self) -> ChannelLayout:
@@ -93,7 +99,13 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
     layout = ChannelLayout.from_dataset(ds, data.variables, source=str(data.dataset))
     params = list(data.params or [])
     check_split_lengths(ds, data.split, data.in_steps, data.out_steps, seed=cfg.train.seed)
-    splits = split_indices(ds, data.split, seed=cfg.train.seed)
+    ood = parse_ood(getattr(data, "ood", None))
+    if ood is None:
+        splits, extra = split_indices(ds, data.split, seed=cfg.train.seed), {}
+    else:
+        named = ood_split_indices(ds, ood, data.split, seed=cfg.train.seed)
+        splits = [named["train"], named["val"], named["test"]]
+        extra = {k: named[k] for k in OOD_SPLITS if len(named[k]["trajectory"])}
     if normalizer is None:
         normalizer = Normalizer.fit(ds, layout, params, selection=splits[0], per=data.normalize)
     elif normalizer.variables != layout.variables:
@@ -108,6 +120,12 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
         ForecastWindows(ds, layout.variables, data.in_steps, data.out_steps, selection=s, **kw)
         for s in splits
     ]
+    extra_windows = {
+        name: ForecastWindows(
+            ds, layout.variables, data.in_steps, data.out_steps, selection=s, **kw
+        )
+        for name, s in extra.items()
+    }
     spec = DataSpec(
         layout,
         params,
@@ -116,4 +134,4 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
         str(ds.attrs.get("system", "")),
         _scalar_attrs(ds),
     )
-    return PreparedData(ds, *parts, normalizer, spec)
+    return PreparedData(ds, *parts, normalizer, spec, extra_windows)

@@ -225,6 +225,7 @@ def rollout(
     on_blowup: str = "nan",
     blowup_threshold: float = 1e3,
     progress: bool = False,
+    members: int = 1,
 ) -> xr.Dataset:
     """Forecast ``steps`` lead times autoregressively from an ``xr.Dataset``.
 
@@ -254,11 +255,14 @@ def rollout(
         The guard, in units of the training std (normalized values).
     progress : bool
         Show a progress bar over batches.
+    members : int
+        Ensemble members of a stochastic model (ST-PAD): ``members`` independent
+        rollouts along a ``member`` dim (:mod:`physforecast.forecast.members`).
 
     Returns
     -------
     xr.Dataset
-        Variables (sample | init_time, lead_time, [level], y | latitude, x | longitude),
+        Variables (sample | init_time, lead_time, [member], [level], y | latitude, x | longitude),
         ``lead_time`` = 1..steps (units "steps"), ``init_index``, ``trajectory``,
         ``init_time``/``valid_time`` when the input has a time coordinate, per-sample
         parameters, the input's grid coordinates and attributes. Points that are NaN in
@@ -286,6 +290,13 @@ def rollout(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     steps = int(steps)
     fc = _as_forecaster(model)
+    if members != 1:
+        from .members import ensemble_rollout
+
+        kw = dict(init=init, batch_size=batch_size, on_blowup=on_blowup, progress=progress)
+        return ensemble_rollout(
+            rollout, fc, ds, steps, members, blowup_threshold=blowup_threshold, **kw
+        )
     ds = to_dataset(ds)
     layout = input_layout(fc, ds)
     normalizer = fc.normalizer.for_layout(layout)

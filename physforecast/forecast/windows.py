@@ -14,7 +14,7 @@ from physforecast.data.windows import ForecastWindows
 
 from .dataset import declared_parameters, forecast_dataset, sample_parameters
 
-__all__ = ["forecast_windows"]
+__all__ = ["forecast_windows", "ensemble_members"]
 
 
 @torch.no_grad()
@@ -49,23 +49,43 @@ def forecast_windows(
     (xr.Dataset, xr.Dataset)
         Forecast and truth in the forecast convention (:mod:`physforecast.forecast.dataset`)
         with dim ``sample`` (one per window), ``init_index`` and, for simulations,
-        ``trajectory`` per sample; masked (invalid) points are NaN.
+        ``trajectory`` per sample; masked (invalid) points are NaN. A stochastic model
+        with ``members > 1`` (:func:`ensemble_members`) gives a forecast with a ``member``
+        dim, which the scorecard scores as an ensemble.
     """
     model.eval()
     device = torch.device(device)
     model.to(device)
     cond_dim = getattr(model, "cond_dim", 0)
+    members = ensemble_members(model)
+    if members > 1:
+        model.reseed()  # the same members on every evaluation
     preds, truths = [], []
     loader = DataLoader(windows, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="forecast", leave=False, disable=not progress):
         x = batch["x"].to(device)
         cond = batch["params"].to(device) if cond_dim else None
-        preds.append(normalizer.denormalize(model(x, cond).float().cpu()))
+        out = model.sample(x, cond) if members > 1 else model(x, cond)
+        preds.append(normalizer.denormalize(out.float().cpu()))
         truths.append(normalizer.denormalize(batch["y"]))
     mask = windows.mask
     pred = torch.cat(preds).masked_fill(~mask, float("nan")).numpy()
     true = torch.cat(truths).masked_fill(~mask, float("nan")).numpy()
+    if members > 1:  # (S, M, T, C, H, W): one forecast Dataset per member, along "member"
+        parts = [_as_dataset(pred[:, m], windows) for m in range(pred.shape[1])]
+        fields = list(windows.layout.variables)
+        forecast = xr.concat(parts, dim="member", data_vars=fields, coords="minimal")
+        forecast = forecast.assign_coords(member=np.arange(pred.shape[1]))
+        return forecast, _as_dataset(true, windows)
     return _as_dataset(pred, windows), _as_dataset(true, windows)
+
+
+def ensemble_members(model: nn.Module) -> int:
+    """Members a stochastic model (``stochastic = True``, ``members``, ``sample(x, cond)``
+    returning (B, M, T_out, C, H, W), ``reseed()``) forecasts; 1 for any other model."""
+    if not getattr(model, "stochastic", False):
+        return 1
+    return int(getattr(model, "members", 1) or 1)
 
 
 def _as_dataset(values: np.ndarray, windows: ForecastWindows) -> xr.Dataset:

@@ -292,3 +292,116 @@ def shallow_water_continuity_residual(
     _, flux_y = _grad(h * v, dx, dy, periodic)
     r = time_derivative(h, dt, dim=-3) + flux_x + flux_y
     return torch.sqrt(spatial_mean(r**2, w))
+
+
+# ----------------------------------------------------------------------------------
+# Added for ST-PAD's physics constraints (physforecast.stpad.physics): the heat equation
+# under its own name, and the Boussinesq equations of rayleigh_benard in vorticity form.
+__all__ += ["heat_residual", "boussinesq_residual"]
+
+
+def heat_residual(
+    pred: Tensor,
+    target: Tensor | None = None,
+    *,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    dx: float,
+    dy: float,
+    dt: float,
+    kappa: float | Tensor,
+    periodic: bool = True,
+) -> Tensor:
+    """RMS residual of the heat equation ``dc/dt - kappa lap(c)``.
+
+    :func:`advection_diffusion_residual` without advection or source (the generic
+    "heat conduction" constraint of ST-PAD). (..., T, H, W) -> (..., T).
+    """
+    return advection_diffusion_residual(
+        pred,
+        target,
+        weights=weights,
+        mask=mask,
+        dx=dx,
+        dy=dy,
+        dt=dt,
+        kappa=kappa,
+        periodic=periodic,
+    )
+
+
+def boussinesq_residual(
+    pred: Tensor,
+    target: Tensor | None = None,
+    *,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    dx: float,
+    dy: float,
+    dt: float,
+    rayleigh: float | Tensor,
+    prandtl: float | Tensor,
+    periodic_x: bool = True,
+) -> Tensor:
+    """RMS residual of the 2-D Boussinesq equations in free-fall units (rayleigh_benard).
+
+    With ``omega = dv/dx - du/dy`` the pressure drops out of the momentum equation:
+
+    ``r_omega = d omega/dt + u . grad(omega) - sqrt(Pr/Ra) lap(omega) - dT/dx``,
+    ``r_T = dT/dt + u . grad(T) - lap(T) / sqrt(Ra Pr)``
+
+    (the buoyancy ``theta = T - (1 - y)`` has ``d theta/dx = dT/dx``). x is periodic when
+    ``periodic_x`` (second-order central differences with wrap-around), y is bounded
+    (second-order one-sided stencils at the walls). Returns
+    ``sqrt(mean(r_omega^2 + r_T^2))`` over space.
+
+    Parameters
+    ----------
+    pred : torch.Tensor
+        History of (T, u, v) stacked on dim -3: (..., T, 3, H, W), y along H.
+    target : torch.Tensor, optional
+        Unused.
+    weights, mask : torch.Tensor, optional
+        Weights and validity of the spatial mean.
+    dx, dy, dt : float
+        Grid spacings and time between frames.
+    rayleigh, prandtl : float or torch.Tensor
+        Ra and Pr, broadcastable to the leading dims (...).
+    periodic_x : bool
+        Whether x wraps around.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (..., T).
+    """
+    x, w = _field(pred, weights, mask, "boussinesq_residual", n_fields=3)
+    temp, u, v = x.unbind(-3)
+    lead = temp.shape[:-3]
+    ra = reshape_param(rayleigh, lead, temp, "rayleigh", 3)
+    pr = reshape_param(prandtl, lead, temp, "prandtl", 3)
+
+    def d_x(f: Tensor) -> Tensor:
+        return fd_derivative(f, dx, -1, periodic_x)
+
+    def d_y(f: Tensor) -> Tensor:
+        return fd_derivative(f, dy, -2, False)
+
+    def lap(f: Tensor) -> Tensor:
+        return d_x(d_x(f)) + d_y(d_y(f))
+
+    omega = d_x(v) - d_y(u)
+    r_omega = (
+        time_derivative(omega, dt, dim=-3)
+        + u * d_x(omega)
+        + v * d_y(omega)
+        - torch.sqrt(pr / ra) * lap(omega)
+        - d_x(temp)
+    )
+    r_temp = (
+        time_derivative(temp, dt, dim=-3)
+        + u * d_x(temp)
+        + v * d_y(temp)
+        - lap(temp) / torch.sqrt(ra * pr)
+    )
+    return torch.sqrt(spatial_mean(r_omega**2 + r_temp**2, w))

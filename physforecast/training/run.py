@@ -321,8 +321,30 @@ def evaluate_run(
         f"{len(data.test)} windows)"
     )
     print(format_scorecard(card))
+    if data.extra:  # data.ood: the OOD test splits beside the in-distribution one
+        _score_ood(run, loaded.model, data, cfg, device, suite, card)
     ctx = RunContext(cfg, data, run, DistInfo(device=device))
     report = get_method(cfg.method).evaluate(loaded.model, ctx)
     if report:
         print("\n" + report)
     return card
+
+
+def _score_ood(run: RunDir, model: Any, data: PreparedData, cfg: Config, device, suite, card):
+    """Write ``scorecard_ood.{nc,json}`` (in and out of distribution side by side) and print it."""
+    from physforecast.forecast.ood import format_side_by_side, score_splits
+    from physforecast.metrics.report import scorecard_to_json
+
+    def forecast(windows):
+        return forecast_windows(
+            model, windows, data.normalizer, batch_size=cfg.data.batch_size, device=device
+        )
+
+    both = score_splits(forecast, data.test, data.extra, score, suite, in_card=card)
+    run.write_dataset("scorecard_ood.nc", both)
+    run.write_json(
+        "scorecard_ood.json",
+        {str(s): scorecard_to_json(both.sel(split=s)) for s in both["split"].values},
+    )
+    print("\nin and out of distribution (mean over lead times):")
+    print(format_side_by_side(both))
