@@ -274,16 +274,22 @@ def plot_surge(
     fits: Sequence[SurgeFit] = (),
     *,
     title: str = "best learning rate against batch size",
+    highlight: tuple[float, float] | None = None,
 ) -> Figure:
     """Best learning rates (points) and fitted laws (lines) on log-log axes.
 
+    ``highlight`` is a ``(batch size, learning rate)`` to mark (a recommendation). A
+    law's ``b_noise`` is drawn as a dotted line when it lies within the plotted range.
     Returns a :class:`matplotlib.figure.Figure`; save it with ``fig.savefig(path)``.
     """
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.add_subplot()
     b = np.asarray(batch_sizes, dtype=np.float64)
     ax.loglog(b, best_lrs, "o", color="k", label="best lr on the grid")
-    grid = np.geomspace(b.min() / 2, b.max() * 2, 200)
+    lo, hi = b.min() / 2, b.max() * 2
+    if highlight is not None:
+        lo, hi = min(lo, highlight[0] / 1.5), max(hi, highlight[0] * 1.5)
+    grid = np.geomspace(lo, hi, 200)
     for fit, color in zip(fits, ("C0", "C1", "C2", "C3")):
         ax.loglog(
             grid,
@@ -291,7 +297,10 @@ def plot_surge(
             color=color,
             label=f"{fit.law_name}: lr_max={fit.lr_max:.2g}, B_noise={fit.b_noise:.3g}",
         )
-        ax.axvline(fit.b_noise, color=color, ls=":", lw=0.8)
+        if lo <= fit.b_noise <= hi:
+            ax.axvline(fit.b_noise, color=color, ls=":", lw=0.8)
+    if highlight is not None:
+        ax.loglog([highlight[0]], [highlight[1]], "*", color="C3", ms=11, label="recommended")
     ax.set_xlabel("batch size B")
     ax.set_ylabel("learning rate")
     ax.set_title(title, fontsize=10)

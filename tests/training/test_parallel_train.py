@@ -308,7 +308,7 @@ def test_lr_scaling_rescales_the_trainer_learning_rate():
         ("linear", {}, 4.0),
         ("sqrt", {}, 2.0),
         # law(32) / law(8): the peak (32 = b_noise) over 1 / (0.5 (sqrt(32/8) + sqrt(8/32)))
-            ("surge", {"lr_b_noise": 32.0}, 0.5 * (math.sqrt(32 / 8) + math.sqrt(8 / 32))),
+        ("surge", {"lr_b_noise": 32.0}, 0.5 * (math.sqrt(32 / 8) + math.sqrt(8 / 32))),
         ("sgd", {"lr_b_noise": 32.0}, (1 / (1 + 32 / 32)) / (1 / (1 + 32 / 8))),
     ]:
         cfg.train = TrainConfig(device="cpu", lr=1e-3, lr_scaling=rule, **extra)
