@@ -222,7 +222,19 @@ def powersgd(
     start_iter: int = 10,
     seed: int = 0,
 ) -> CommHook:
-    """torch's ``powerSGD_hook`` (rank-``rank`` compression with error feedback after ``start_iter`` plain steps)."""
+    """torch's ``powerSGD_hook`` (rank-``rank`` compression with error feedback after ``start_iter`` plain steps).
+
+    torch's hook cannot compress complex gradients (the ranks' collectives go out of
+    step), so a ``module`` with complex parameters (an FNO's spectral weights) is refused.
+    """
+    if module is not None:
+        complex_names = [n for n, p in module.named_parameters() if p.is_complex()]
+        if complex_names:
+            raise ValueError(
+                f"torch's PowerSGD hook cannot compress complex parameters ({complex_names[0]}"
+                f"{' and others' if len(complex_names) > 1 else ''}); use the fp16 or dlcp "
+                "comm hook with this model, or a backbone with real parameters only"
+            )
     state = powerSGD_hook.PowerSGDState(
         process_group=process_group,
         matrix_approximation_rank=rank,

@@ -45,7 +45,12 @@ TINY = [
 CONTENDERS = {
     "allreduce": [],
     "fp16": ["train.comm_hook=fp16"],
-    "powersgd": ["train.comm_hook=powersgd", "train.comm_hook_options={rank: 1, start_iter: 2}"],
+    "powersgd": [  # torch's PowerSGD refuses an FNO's complex weights
+        "train.comm_hook=powersgd",
+        "train.comm_hook_options={rank: 1, start_iter: 2}",
+        "model.backbone=resnet",
+        "model.options={hidden: 8, n_blocks: 2}",
+    ],
     "dlcp": ["train.comm_hook=dlcp", "train.comm_hook_options={loss_bound: 0.1, chunk_size: 64}"],
     "periodic": ["train.averaging=periodic", "train.averaging_options={period: 2}"],
     "dssync": ["train.averaging=dssync", "train.averaging_options={group_size: 2}"],
@@ -243,6 +248,18 @@ def test_a_hook_on_one_process_fails_before_anything_is_written(tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("physforecast: error: train.comm_hook='dlcp'")
     assert "torchrun --nproc-per-node N" in err[0]
     assert not out.exists()
+
+
+def test_powersgd_refuses_complex_parameters():
+    from physforecast.training.comm_hooks import COMM_HOOKS
+
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = nn.Parameter(torch.zeros(2, 2, dtype=torch.cfloat))
+
+    with pytest.raises(ValueError, match="cannot compress complex parameters \\(weights\\)"):
+        COMM_HOOKS.create("powersgd", module=Spectral())
 
 
 def test_lr_scaling_choices_match_the_rules():
