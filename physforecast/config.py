@@ -157,6 +157,9 @@ class TrainConfig:
         ``accumulate``, one process).
     lr_b_noise : float, optional
         ``B_noise`` of the surge or SGD law (``physforecast tune-lr`` fits it).
+    fsdp : bool
+        Shard parameters, gradients and optimizer state over the processes with FSDP2
+        (``fully_shard``) instead of DDP, for models that do not fit one device.
     """
 
     epochs: int = 10
@@ -182,6 +185,7 @@ class TrainConfig:
     lr_scaling: str = "none"
     lr_base_batch: int | None = None
     lr_b_noise: float | None = None
+    fsdp: bool = False
 
 
 @dataclass

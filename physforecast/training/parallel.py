@@ -4,8 +4,8 @@
 :data:`~physforecast.training.comm_hooks.COMM_HOOKS`, ``train.averaging`` /
 ``train.averaging_options`` a parameter averager of
 :data:`~physforecast.training.averaging.AVERAGERS`, ``train.noise_scale`` switches on the
-online gradient-noise-scale monitor and ``train.lr_scaling`` rescales ``train.lr`` for
-the global batch size. :func:`check_parallel` refuses settings that cannot work (an
+online gradient-noise-scale monitor, ``train.lr_scaling`` rescales ``train.lr`` for
+the global batch size and ``train.fsdp`` shards the model (:mod:`~physforecast.training.fsdp`). :func:`check_parallel` refuses settings that cannot work (an
 unknown name, an option the hook does not take, a hook or averager on one process, a
 DS-Sync group size that does not divide the processes) before a run writes anything;
 :func:`build_comm_hook`, :func:`build_averager`, :func:`build_noise_scale` and
@@ -156,11 +156,31 @@ def check_parallel(cfg: TrainConfig, world_size: int) -> None:
                 "train.noise_scale on one process compares the micro-batches of a gradient "
                 "accumulation: set train.accumulate >= 2 (or train on several processes)"
             )
+    if cfg.fsdp:
+        _check_fsdp(cfg, world_size)
     if cfg.lr_scaling in ("surge", "sgd") and cfg.lr_b_noise is None:
         raise ConfigError(
             f"train.lr_scaling={cfg.lr_scaling} needs train.lr_b_noise (the batch size of the "
             "law's peak; physforecast tune-lr fits it), or use train.lr_scaling=linear or sqrt"
         )
+
+
+def _check_fsdp(cfg: TrainConfig, world_size: int) -> None:
+    if world_size <= 1:
+        raise ConfigError(
+            f"train.fsdp shards the model over several processes, but this run is a single "
+            f"process: {_LAUNCH_HINT}, or set train.fsdp=false"
+        )
+    clashes = [
+        (cfg.comm_hook != DEFAULT_HOOK, f"train.comm_hook={cfg.comm_hook!r} (a DDP hook)"),
+        (cfg.averaging != DEFAULT_AVERAGING, f"train.averaging={cfg.averaging!r}"),
+        (cfg.noise_scale, "train.noise_scale (it reads DDP's gradients)"),
+        (cfg.ema > 0, "train.ema (an unsharded copy of the weights)"),
+        (cfg.precision == "fp16", "train.precision=fp16 (use bf16)"),
+    ]
+    for clash, what in clashes:
+        if clash:
+            raise ConfigError(f"train.fsdp cannot be combined with {what}; drop one of them")
 
 
 def build_comm_hook(cfg: TrainConfig, module: nn.Module) -> CommHook:

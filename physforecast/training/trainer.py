@@ -51,6 +51,7 @@ from physforecast.data.windows import worker_init
 from physforecast.errors import DeviceError, PhysforecastError
 from physforecast.run_dir import RunDir
 
+from . import fsdp
 from .comm_hooks import CommHook, GatedState, gated_hook
 from .distributed import DistInfo
 from .parallel import (
@@ -259,7 +260,10 @@ class Trainer:
             self.noise, self.comm_hook = build_noise_scale(
                 cfg, self.model, self.dist.world_size, self.comm_hook
             )
-        if self.dist.enabled:
+        self.sharded = self.dist.enabled and cfg.fsdp  # train.fsdp: FSDP2 instead of DDP
+        if self.sharded:
+            fsdp.shard(self.model)
+        elif self.dist.enabled:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -297,6 +301,32 @@ class Trainer:
         self._best: dict[str, torch.Tensor] | None = None  # weights of the best epoch so far
         self._rank_states: list[dict[str, Any]] | None = None  # gathered on rank 0
         self._primed = False
+        self._full: tuple[dict[str, Any], dict[str, Any]] | None = None  # FSDP, this epoch
+
+    # -- state dicts (full ones under train.fsdp) -----------------------------------------
+    def _model_state(self) -> dict[str, Any]:
+        if not self.sharded:
+            return self.model.state_dict()
+        return self._full[0] if self._full is not None else fsdp.full_model_state(self.model)
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        if self._full is not None:
+            return self._full[1]
+        return fsdp.full_optimizer_state(self.model, self.optimizer)
+
+    def _load_model(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            fsdp.load_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            fsdp.load_optimizer_state(self.model, self.optimizer, state)
+        else:
+            self.optimizer.load_state_dict(state)
 
     # -- training at scale (training.parallel) ------------------------------------------
     def _parallel_parts(self, comm_hook: Any, averager: Any) -> tuple[CommHook | None, Any]:
@@ -304,6 +334,10 @@ class Trainer:
         check_parallel(self.cfg, self.dist.world_size)
         if not self.dist.enabled:
             return _as_hook(comm_hook), averager
+        if self.cfg.fsdp:
+            if comm_hook is not None or averager is not None:
+                raise ValueError("train.fsdp takes no DDP comm hook and no averager")
+            return None, None
         if averager is None:
             averager = build_averager(self.cfg)
         if comm_hook is None:
@@ -518,9 +552,9 @@ class Trainer:
         self.net.train()
         batch = self._to_device(batch)
         lr = self.optimizer.param_groups[0]["lr"]
-        no_sync = (
-            self.net.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
-        )
+        no_sync: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.dist.enabled and not sync:
+            no_sync = fsdp.no_sync(self.model) if self.sharded else self.net.no_sync()
         with no_sync:
             loss, logs = self._loss(self.net, batch)
             if self.noise is not None:
@@ -544,6 +578,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.step += 1
+            self._full = None  # the gathered FSDP state is out of date
         return {"loss": float(loss.detach()), "lr": lr, **logs}
 
     @torch.no_grad()
@@ -585,7 +620,7 @@ class Trainer:
                 self.optimizer, max(1, epochs * steps_per_epoch)
             )
         if self._pending is not None:  # after the scheduler exists, so its state wins
-            self.optimizer.load_state_dict(self._pending["optimizer"])
+            self._load_optimizer(self._pending["optimizer"])
             if self._pending.get("scheduler") is not None:
                 self.scheduler.load_state_dict(self._pending["scheduler"])
             self._pending = None
@@ -652,13 +687,18 @@ class Trainer:
         record.update(self._scale_record())
         if val_data is not None:
             record.update(self.evaluate(val_data))
+        if self.sharded:  # gathered once, on every rank (a collective), for best and last
+            self._full = (self._model_state(), self._optimizer_state())
         improved = record.get("val_loss", record["train_loss"]) < self.best_val
         if improved:
             self.best_val = record.get("val_loss", record["train_loss"])
             self.bad_epochs = 0
-            self._best = {
-                k: v.detach().clone() for k, v in unwrap(self.eval_model).state_dict().items()
-            }
+            if self.sharded:  # the full weights, on rank 0
+                self._best = dict(self._full[0])
+            else:
+                self._best = {
+                    k: v.detach().clone() for k, v in unwrap(self.eval_model).state_dict().items()
+                }
         else:
             self.bad_epochs += 1
         self.history.append(record)
@@ -678,8 +718,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly: weights, optimizer, schedule, counters, RNG, config."""
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self._model_state(),
+            "optimizer": self._optimizer_state(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "step": self.step,
             "epoch": self.epoch,
@@ -732,7 +772,7 @@ class Trainer:
         when :meth:`fit` has built the schedule.
         """
         state = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        self._load_model(state["model"])
         if self.ema is not None and "ema" in state:
             self.ema.module.load_state_dict(state["ema"])
             self.ema.n_averaged.fill_(int(state.get("ema_count", 1)))

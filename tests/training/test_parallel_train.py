@@ -380,3 +380,99 @@ def test_noise_scale_under_ddp_matches_the_analytic_value():
     assert out[0]["noise"] == out[1]["noise"]  # the same estimate on every rank
     assert out[0]["noise"] == pytest.approx(expected, rel=0.15)
     assert out[0]["bytes"] == 4 * 4  # the allreduce hook's counters still count
+
+
+# -- train.fsdp (FSDP2) -------------------------------------------------------------------
+
+RESNET = ["model.backbone=resnet", "model.options={hidden: 8, n_blocks: 2}"]
+
+
+def _fsdp_vs_ddp_worker(rank: int, world: int) -> dict:
+    from physforecast.training.distributed import init_distributed
+    from physforecast.training.fsdp import is_sharded
+
+    info = init_distributed("cpu")
+    out = {}
+    for sharded in (False, True):
+        torch.manual_seed(0)
+        cfg = Config()
+        cfg.data.batch_size = 8
+        cfg.train = TrainConfig(epochs=1, lr=1e-2, device="cpu", fsdp=sharded, accumulate=2)
+        net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+        trainer = Trainer(
+            net,
+            cfg.train,
+            config=cfg,
+            dist_info=info,
+            loss_fn=_seq_mse,
+            batch_size=4,
+            optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=1e-2),
+        )
+        assert is_sharded(trainer.model) == sharded
+        trainer.fit(Regression(n=32), None)
+        out[sharded] = {k: v.clone() for k, v in trainer._model_state().items()}
+    return out if rank == 0 else {}
+
+
+def _seq_mse(model, batch):
+    loss = (model(batch["x"]).squeeze(-1) - batch["y"]).square().mean()
+    return loss, {}
+
+
+def test_fsdp_trains_like_ddp():
+    """Sharded and replicated training of the same model on the same data agree (to
+    rounding: the reduce-scatter adds in another order than the all-reduce)."""
+    import torch.distributed.checkpoint.state_dict  # noqa: F401  (once, for the forks)
+    import torch.distributed.fsdp  # noqa: F401
+
+    out = launch_local(_fsdp_vs_ddp_worker, 2, timeout=120, start_method="fork")[0]
+    assert out[True].keys() == out[False].keys()
+    for k in out[False]:
+        torch.testing.assert_close(out[True][k], out[False][k], rtol=1e-5, atol=1e-6)
+    start = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    assert not torch.allclose(start[0].weight, out[True]["0.weight"])  # it did train
+
+
+@pytest.mark.slow
+def test_fsdp_train_resumes_exactly(tmp_path):
+    common = ["train", "--set", *TINY, *RESNET, "train.fsdp=true", "train.epochs=3"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert launch_local(
+        _cli_worker, 2, ([*common, "--out", str(full)], 0), timeout=240, start_method="fork"
+    ) == ["rc=0", "rc=0"]
+    assert launch_local(
+        _cli_worker, 2, ([*common, "--out", str(cut)], 1), timeout=240, start_method="fork"
+    ) == ["stopped", "stopped"]
+    resumed = launch_local(
+        _cli_worker, 2, (["train", "--resume", str(cut)], 0), timeout=240, start_method="fork"
+    )
+    assert resumed == ["rc=0", "rc=0"] and _epochs(cut) == [1, 2, 3]
+    _assert_same(full / "checkpoints" / "last.pt", cut / "checkpoints" / "last.pt")
+    state = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    assert all(not hasattr(v, "placements") for v in state["model"].values())  # full tensors
+
+
+@pytest.mark.parametrize(
+    "overrides, world, message",
+    [
+        (["train.fsdp=true"], 1, "single process"),
+        (["train.fsdp=true", "train.comm_hook=dlcp"], 2, "a DDP hook"),
+        (["train.fsdp=true", "train.ema=0.99"], 2, "train.ema"),
+        (["train.fsdp=true", "train.precision=fp16"], 2, "use bf16"),
+    ],
+)
+def test_fsdp_refusals(overrides, world, message):
+    with pytest.raises(ConfigError, match=message):
+        check_parallel(_train_cfg(*overrides), world)
+
+
+def test_fsdp_refuses_complex_parameters():
+    from physforecast.training.fsdp import shard
+
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = nn.Parameter(torch.zeros(2, 2, dtype=torch.cfloat))
+
+    with pytest.raises(ValueError, match="cannot shard complex parameters"):
+        shard(Spectral())
