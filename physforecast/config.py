@@ -133,7 +133,7 @@ class TrainConfig:
         Cap on batches per epoch (for quick runs).
     comm_hook : str
         The DDP communication hook (:data:`~physforecast.training.comm_hooks.COMM_HOOKS`):
-        ``allreduce`` (DDP's own, with byte counters), ``fp16``, ``powersgd``, ``dlcp``,
+        ``allreduce`` (DDP's own all-reduce, no hook), ``fp16``, ``powersgd``, ``dlcp``,
         ``random_drop`` or ``local``. Anything but ``allreduce`` needs several processes.
     comm_hook_options : dict
         Options of the hook (``{loss_bound: 0.05, chunk_size: 1024}`` for ``dlcp``,

@@ -55,6 +55,7 @@ from . import fsdp
 from .comm_hooks import CommHook, GatedState, gated_hook
 from .distributed import DistInfo
 from .parallel import (
+    DEFAULT_HOOK,
     build_averager,
     build_comm_hook,
     build_noise_scale,
@@ -343,8 +344,9 @@ class Trainer:
         if comm_hook is None:
             if averager is not None and hasattr(averager, "comm_hook"):
                 comm_hook = averager.comm_hook()
-            else:
+            elif self.cfg.comm_hook != DEFAULT_HOOK or self.cfg.noise_scale:
                 comm_hook = build_comm_hook(self.cfg, self.model)
+            # else: DDP's own (C++) all-reduce, no Python hook
         return _as_hook(comm_hook), averager
 
     @property
