@@ -83,6 +83,21 @@ def _cli_worker(rank: int, world: int, argv: list[str], stop: int) -> str:
         return "stopped"
 
 
+def _api_worker(rank: int, world: int, overrides: list[str], resume: str, stop: int) -> str:
+    """``physforecast.training.run.train`` (what the command runs), without the scoring."""
+    from physforecast.training.run import load_run_config, train
+
+    if stop:
+        _stop_after(stop)
+    cfg = load_run_config(resume) if resume else Config()
+    cfg = apply_overrides(cfg, overrides)
+    try:
+        train(cfg, resume=resume or None, evaluate=False)
+        return "done"
+    except Stop:
+        return "stopped"
+
+
 def _weights(path: Path) -> list[dict[str, torch.Tensor]]:
     """Every rank's weights in a checkpoint (rank 0's alone when the ranks agree)."""
     state = torch.load(path, weights_only=True)
@@ -111,21 +126,20 @@ def _records(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["dlcp", pytest.param("periodic", marks=pytest.mark.slow)])
 def test_train_two_processes_resumes_exactly(tmp_path, name):
-    """Two forked gloo processes through the CLI; the cosine schedule, the hook's or
-    averager's state and (for periodic averaging) each rank's own model carry over."""
-    common = ["train", "--set", *TINY, *CONTENDERS[name], "train.epochs=3"]
+    """Two forked gloo processes through the run (training.run.train, the command without
+    its scoring); the cosine schedule, the hook's or averager's state and (for periodic
+    averaging) each rank's own model carry over."""
+    common = [*TINY, *CONTENDERS[name], "train.epochs=3"]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert launch_local(
-        _cli_worker, 2, ([*common, "--out", str(full)], 0), timeout=240, start_method="fork"
-    ) == ["rc=0", "rc=0"]
-    assert launch_local(
-        _cli_worker, 2, ([*common, "--out", str(cut)], 1), timeout=240, start_method="fork"
-    ) == ["stopped", "stopped"]
+
+    def run(overrides, resume="", stop=0):
+        args = (overrides, resume, stop)
+        return launch_local(_api_worker, 2, args, timeout=240, start_method="fork")
+
+    assert run([*common, f"out={full}"]) == ["done", "done"]
+    assert run([*common, f"out={cut}"], stop=1) == ["stopped", "stopped"]
     assert _epochs(cut) == [1]
-    resumed = launch_local(
-        _cli_worker, 2, (["train", "--resume", str(cut)], 0), timeout=240, start_method="fork"
-    )
-    assert resumed == ["rc=0", "rc=0"]
+    assert run([], resume=str(cut)) == ["done", "done"]
     assert _epochs(cut) == [1, 2, 3]
     _assert_same(full / "checkpoints" / "last.pt", cut / "checkpoints" / "last.pt")
     records = _records(full)
