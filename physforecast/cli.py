@@ -29,6 +29,7 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES: tuple[str, ...] = (
     "physforecast.federated.commands",
     "physforecast.inference.commands",
+    "physforecast.training.commands",
 )
 
 #: Errors that name a user's mistake in their message: printed as one line.

@@ -136,6 +136,35 @@ class TrainConfig:
         ``auto``, ``cpu`` or ``cuda``.
     max_steps_per_epoch : int, optional
         Cap on batches per epoch (for quick runs).
+    comm_hook : str
+        The DDP communication hook (:data:`~physforecast.training.comm_hooks.COMM_HOOKS`):
+        ``allreduce`` (DDP's own all-reduce, no hook), ``fp16``, ``powersgd``, ``dlcp``,
+        ``random_drop`` or ``local``. Anything but ``allreduce`` needs several processes.
+    comm_hook_options : dict
+        Options of the hook (``{loss_bound: 0.05, chunk_size: 1024}`` for ``dlcp``,
+        ``{rank: 2, start_iter: 10}`` for ``powersgd``).
+    averaging : str
+        The parameter averager (:data:`~physforecast.training.averaging.AVERAGERS`):
+        ``none``, ``periodic`` (local SGD) or ``dssync``; anything but ``none`` needs
+        several processes and replaces the gradient all-reduce.
+    averaging_options : dict
+        Options of the averager (``{period: 4}``; ``{group_size: 2, schedule: shuffle}``).
+    noise_scale : bool
+        Estimate the gradient noise scale online (per-rank against all-reduced gradients
+        under DDP, micro-batches with ``accumulate`` >= 2 on one process) and log it.
+    noise_scale_beta : float
+        EMA decay of the noise-scale estimates, in [0, 1).
+    lr_scaling : str
+        How ``lr`` follows the global batch size: ``none``, ``surge`` (Adam's law, needs
+        ``lr_b_noise``), ``sgd`` (SGD's law, needs ``lr_b_noise``), ``linear`` or ``sqrt``.
+    lr_base_batch : int, optional
+        The global batch size ``lr`` was tuned at (default: ``data.batch_size`` x
+        ``accumulate``, one process).
+    lr_b_noise : float, optional
+        ``B_noise`` of the surge or SGD law (``physforecast tune-lr`` fits it).
+    fsdp : bool
+        Shard parameters, gradients and optimizer state over the processes with FSDP2
+        (``fully_shard``) instead of DDP, for models that do not fit one device.
     """
 
     epochs: int = 10
@@ -152,6 +181,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int | None = None
+    comm_hook: str = "allreduce"
+    comm_hook_options: dict[str, Any] = field(default_factory=dict)
+    averaging: str = "none"
+    averaging_options: dict[str, Any] = field(default_factory=dict)
+    noise_scale: bool = False
+    noise_scale_beta: float = 0.99
+    lr_scaling: str = "none"
+    lr_base_batch: int | None = None
+    lr_b_noise: float | None = None
+    fsdp: bool = False
 
 
 @dataclass
@@ -382,6 +421,12 @@ def check_config(cfg: Config) -> None:
         ("train.grad_clip", cfg.train.grad_clip, cfg.train.grad_clip >= 0, ">= 0 (0: off)"),
         ("train.patience", cfg.train.patience, cfg.train.patience >= 0, ">= 0 (0: off)"),
         ("train.ema", cfg.train.ema, 0 <= cfg.train.ema < 1, "in [0, 1) (0: off)"),
+        (
+            "train.noise_scale_beta",
+            cfg.train.noise_scale_beta,
+            0 <= cfg.train.noise_scale_beta < 1,
+            "in [0, 1)",
+        ),
         ("data.in_steps", cfg.data.in_steps, cfg.data.in_steps >= 1, ">= 1"),
         ("data.out_steps", cfg.data.out_steps, cfg.data.out_steps >= 1, ">= 1"),
         ("data.stride", cfg.data.stride, cfg.data.stride >= 1, ">= 1"),
@@ -401,8 +446,15 @@ def check_config(cfg: Config) -> None:
             "three fractions train, val, test with train > 0 (e.g. [0.8, 0.1, 0.1])",
         )
     )
+    if cfg.train.lr_base_batch is not None:
+        base = cfg.train.lr_base_batch
+        rules.append(("train.lr_base_batch", base, base >= 1, ">= 1 (or null)"))
+    if cfg.train.lr_b_noise is not None:
+        b_noise = cfg.train.lr_b_noise
+        rules.append(("train.lr_b_noise", b_noise, b_noise > 0, "> 0 (or null)"))
     choices = [
         ("train.precision", cfg.train.precision, ("fp32", "bf16", "fp16")),
+        ("train.lr_scaling", cfg.train.lr_scaling, ("none", "surge", "sgd", "linear", "sqrt")),
         ("data.normalize", cfg.data.normalize, ("channel", "variable")),
     ]
     for key, value, ok, want in rules:

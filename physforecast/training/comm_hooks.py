@@ -46,6 +46,8 @@ __all__ = [
     "CountedState",
     "counted_hook",
     "local_sgd_hook",
+    "GatedState",
+    "gated_hook",
 ]
 
 #: Communication hooks by name; ``COMM_HOOKS.create(name, module=model, **options)``.
@@ -75,6 +77,12 @@ class CommHook:
     save, load : callable
         ``save(state) -> dict`` and ``load(state, dict)``: the hook's state for an exact
         resume (counters, error feedback, random generators).
+    layout_sensitive : bool
+        Whether the result depends on how DDP lays the gradients out in buckets (chunks
+        across parameters, per-bucket error feedback), not only on each element. DDP
+        lays the buckets out anew after the first backward of every wrapper; a trainer
+        fixes the layout before its first step (:class:`GatedState`) for such hooks, so
+        a resumed run uses the layout of the uninterrupted one.
     """
 
     name: str
@@ -82,6 +90,7 @@ class CommHook:
     hook: HookFn
     save: Callable[[Any], dict[str, Any]] = field(default=_no_state, repr=False)
     load: Callable[[Any, dict[str, Any]], None] = field(default=_ignore, repr=False)
+    layout_sensitive: bool = False
 
     def register(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """``ddp.register_comm_hook(self.state, self.hook)`` (once, before the first backward)."""
@@ -213,14 +222,33 @@ def powersgd(
     start_iter: int = 10,
     seed: int = 0,
 ) -> CommHook:
-    """torch's ``powerSGD_hook`` (rank-``rank`` compression with error feedback after ``start_iter`` plain steps)."""
+    """torch's ``powerSGD_hook`` (rank-``rank`` compression with error feedback after ``start_iter`` plain steps).
+
+    torch's hook cannot compress complex gradients (the ranks' collectives go out of
+    step), so a ``module`` with complex parameters (an FNO's spectral weights) is refused.
+    """
+    if module is not None:
+        complex_names = [n for n, p in module.named_parameters() if p.is_complex()]
+        if complex_names:
+            raise ValueError(
+                f"torch's PowerSGD hook cannot compress complex parameters ({complex_names[0]}"
+                f"{' and others' if len(complex_names) > 1 else ''}); use the fp16 or dlcp "
+                "comm hook with this model, or a backbone with real parameters only"
+            )
     state = powerSGD_hook.PowerSGDState(
         process_group=process_group,
         matrix_approximation_rank=rank,
         start_powerSGD_iter=start_iter,
         random_seed=seed,
     )
-    return CommHook("powersgd", state, powerSGD_hook.powerSGD_hook, _save_powersgd, _load_powersgd)
+    return CommHook(
+        "powersgd",
+        state,
+        powerSGD_hook.powerSGD_hook,
+        _save_powersgd,
+        _load_powersgd,
+        layout_sensitive=True,
+    )
 
 
 def _save_dlcp(state: DLCPState) -> dict[str, Any]:
@@ -250,7 +278,7 @@ def dlcp(
         policy=PriorityDrop(layer_weight=layer_weight, protected_layers=protected_layers),
         process_group=process_group,
     )
-    return CommHook("dlcp", state, dlcp_hook, _save_dlcp, _load_dlcp)
+    return CommHook("dlcp", state, dlcp_hook, _save_dlcp, _load_dlcp, layout_sensitive=True)
 
 
 @COMM_HOOKS.register(
@@ -273,7 +301,7 @@ def random_drop(
         policy=RandomDrop(seed),
         process_group=process_group,
     )
-    return CommHook("random_drop", state, dlcp_hook, _save_dlcp, _load_dlcp)
+    return CommHook("random_drop", state, dlcp_hook, _save_dlcp, _load_dlcp, layout_sensitive=True)
 
 
 def _save_local(state: PostLocalSGDState) -> dict[str, Any]:
@@ -304,3 +332,26 @@ def local_sgd_hook(process_group=None, warmup_steps: int = 0) -> CommHook:
 def local(module: nn.Module | None = None, process_group=None, warmup_steps: int = 0) -> CommHook:
     """:func:`local_sgd_hook` by name."""
     return local_sgd_hook(process_group, warmup_steps)
+
+
+class GatedState:
+    """State of :func:`gated_hook`: a :class:`CommHook` that can be bypassed.
+
+    While ``priming`` is set, buckets skip the inner hook (no communication, no change to
+    its state) and keep this rank's gradient. A trainer primes once: one forward and
+    backward that makes DDP lay its buckets out as it will for the rest of training,
+    before the first real step.
+    """
+
+    def __init__(self, inner: CommHook) -> None:
+        self.inner = inner
+        self.priming = False
+
+
+def gated_hook(state: GatedState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Run ``state.inner``'s hook, or, while priming, return the bucket unchanged."""
+    if state.priming:
+        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+    return state.inner.hook(state.inner.state, bucket)

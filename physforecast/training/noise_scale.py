@@ -24,6 +24,8 @@ Where the two norms come from:
   :class:`MicroBatchStats`.
 
 Both norms may be taken of scaled gradients (fp16 loss scaling): the ratio is unchanged.
+:class:`NoiseScaleTracker` is what the Trainer uses (``train.noise_scale``): either
+source, fed step by step, with the monitor's values in each epoch's ``metrics.jsonl`` record.
 """
 
 # No `from __future__ import annotations` here: DDP checks a hook's annotations against
@@ -42,6 +44,7 @@ __all__ = [
     "GradientStats",
     "gradient_stats_hook",
     "MicroBatchStats",
+    "NoiseScaleTracker",
 ]
 
 
@@ -171,6 +174,11 @@ class GradientStats:
         self._local: list[torch.Tensor] = []
         self._reduced: list[torch.Tensor] = []
 
+    @property
+    def last_step(self) -> dict[str, float] | None:
+        """The inner hook's byte counters of the last step, when it counts."""
+        return getattr(self.inner_state, "last_step", None)
+
     def add_local(self, tensor: torch.Tensor) -> None:
         self._local.append(tensor.detach().to(torch.float64).square().sum())
 
@@ -266,6 +274,11 @@ class MicroBatchStats:
             prev.copy_(g)
         self._sq_micro.append(sq)
 
+    def reset(self) -> None:
+        """Drop the accumulation in progress (a step with a single micro-batch)."""
+        self._prev = None
+        self._sq_micro = []
+
     def finish(self, loss_scale: float | None = None) -> tuple[float, float]:
         """``(mean micro-batch |g_i|^2, |mean of the g_i|^2)`` of this accumulation.
 
@@ -285,3 +298,88 @@ class MicroBatchStats:
         self._prev = None
         self._sq_micro = []
         return sq_small, sq_large
+
+
+class NoiseScaleTracker:
+    """Feed a :class:`NoiseScaleMonitor` from a training loop, step by step.
+
+    One of two sources: ``ddp_stats`` (a :class:`GradientStats` registered as the DDP comm
+    hook: per-rank against all-reduced gradients, ``b_large = world_size x b_small``) or
+    ``micro`` (a :class:`MicroBatchStats`: the micro-batches of a gradient accumulation
+    against their mean). Call :meth:`before_backward` and :meth:`after_backward` around
+    every micro-batch's backward and :meth:`step` once per optimizer step, after the last
+    backward and before gradients are clipped or zeroed (on every rank: under DDP it is
+    a collective).
+
+    Parameters
+    ----------
+    monitor : NoiseScaleMonitor
+        Where the estimates go.
+    ddp_stats : GradientStats, optional
+        The DDP source.
+    micro : MicroBatchStats, optional
+        The single-process source.
+    world_size : int
+        Processes (for ``b_large`` under DDP).
+    """
+
+    def __init__(
+        self,
+        monitor: NoiseScaleMonitor,
+        *,
+        ddp_stats: GradientStats | None = None,
+        micro: MicroBatchStats | None = None,
+        world_size: int = 1,
+    ) -> None:
+        if (ddp_stats is None) == (micro is None):
+            raise ValueError("NoiseScaleTracker needs exactly one of ddp_stats and micro")
+        self.monitor, self.ddp_stats, self.micro = monitor, ddp_stats, micro
+        self.world_size = int(world_size)
+        self._sizes: list[int] = []
+        self._active = False
+
+    def before_backward(self) -> None:
+        """Before a micro-batch's backward (starts the accumulation on the first one)."""
+        if self.micro is not None and not self._active:
+            self.micro.start()
+            self._active = True
+
+    def after_backward(self, n: int) -> None:
+        """After a micro-batch's backward; ``n`` examples were in it on this rank."""
+        self._sizes.append(int(n))
+        if self.micro is not None:
+            self.micro.after_backward()
+
+    def step(self, loss_scale: float | None = None) -> dict[str, float]:
+        """Update the monitor with this optimizer step's norms; returns :meth:`record`.
+
+        ``loss_scale`` is the factor each micro-batch loss was multiplied by (``1/n``
+        by default). A step of one micro-batch on one process carries no estimate.
+        """
+        sizes, self._sizes = self._sizes, []
+        if self.ddp_stats is not None:
+            small, large = self.ddp_stats.pop_step()
+            b_small = float(sum(sizes))
+            if self.world_size > 1 and b_small > 0:
+                self.monitor.update(small, large, b_small, b_small * self.world_size)
+        else:
+            self._active = False
+            if len(sizes) >= 2:
+                small, large = self.micro.finish(loss_scale)
+                b_small = sum(sizes) / len(sizes)
+                self.monitor.update(small, large, b_small, float(sum(sizes)))
+            else:
+                self.micro.reset()
+        return self.record()
+
+    def record(self) -> dict[str, float]:
+        """The monitor's values (:meth:`NoiseScaleMonitor.record`)."""
+        return self.monitor.record()
+
+    def state_dict(self) -> dict[str, float | int]:
+        """The monitor's state, for an exact resume."""
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.monitor.load_state_dict(state)

@@ -39,7 +39,8 @@ from physforecast.plots import plot_forecast_panel, plot_metric_vs_lead, save_fi
 from physforecast.registry import BACKBONES
 from physforecast.run_dir import RunDir, RunLock
 
-from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .distributed import DistInfo, cleanup_distributed, detect_launch, init_distributed
+from .parallel import check_parallel
 from .trainer import resolve_device
 
 __all__ = ["train", "evaluate_run", "load_run_config", "check_run_path"]
@@ -97,6 +98,7 @@ def train(
     method = get_method(cfg.method)
     BACKBONES.entry(cfg.model.backbone)  # an unknown name fails before any data work
     check_config(cfg)
+    check_parallel(cfg.train, detect_launch().world_size)  # hooks and averagers need DDP
     resolve_device(cfg.train.device)
     path = check_run_path(resume if resume is not None else cfg.out)
     run = RunDir(path, writer=int(os.environ.get("RANK", "0")) == 0)

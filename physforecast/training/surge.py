@@ -21,7 +21,8 @@ loss falls.
 This module evaluates both laws, fits ``(epsilon_max, B_noise)`` to best learning rates
 found on a grid (:func:`run_lr_grid`, :func:`fit_surge`), plots the result
 (:func:`plot_surge`) and rescales an optimizer's learning rate when the batch size
-changes (:class:`SurgeLRRule`).
+changes (:class:`SurgeLRRule`, :func:`lr_scale_factor`; ``train.lr_scaling`` applies it to
+every Trainer from the run's global batch size).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ __all__ = [
     "run_lr_grid",
     "plot_surge",
     "SurgeLRRule",
+    "LR_SCALING_RULES",
+    "lr_scale_factor",
+    "scale_lr",
 ]
 
 LRLaw = Callable[..., np.ndarray]
@@ -270,16 +274,22 @@ def plot_surge(
     fits: Sequence[SurgeFit] = (),
     *,
     title: str = "best learning rate against batch size",
+    highlight: tuple[float, float] | None = None,
 ) -> Figure:
     """Best learning rates (points) and fitted laws (lines) on log-log axes.
 
+    ``highlight`` is a ``(batch size, learning rate)`` to mark (a recommendation). A
+    law's ``b_noise`` is drawn as a dotted line when it lies within the plotted range.
     Returns a :class:`matplotlib.figure.Figure`; save it with ``fig.savefig(path)``.
     """
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.add_subplot()
     b = np.asarray(batch_sizes, dtype=np.float64)
     ax.loglog(b, best_lrs, "o", color="k", label="best lr on the grid")
-    grid = np.geomspace(b.min() / 2, b.max() * 2, 200)
+    lo, hi = b.min() / 2, b.max() * 2
+    if highlight is not None:
+        lo, hi = min(lo, highlight[0] / 1.5), max(hi, highlight[0] * 1.5)
+    grid = np.geomspace(lo, hi, 200)
     for fit, color in zip(fits, ("C0", "C1", "C2", "C3")):
         ax.loglog(
             grid,
@@ -287,7 +297,10 @@ def plot_surge(
             color=color,
             label=f"{fit.law_name}: lr_max={fit.lr_max:.2g}, B_noise={fit.b_noise:.3g}",
         )
-        ax.axvline(fit.b_noise, color=color, ls=":", lw=0.8)
+        if lo <= fit.b_noise <= hi:
+            ax.axvline(fit.b_noise, color=color, ls=":", lw=0.8)
+    if highlight is not None:
+        ax.loglog([highlight[0]], [highlight[1]], "*", color="C3", ms=11, label="recommended")
     ax.set_xlabel("batch size B")
     ax.set_ylabel("learning rate")
     ax.set_title(title, fontsize=10)
@@ -349,3 +362,66 @@ class SurgeLRRule:
         if scheduler is not None:
             scheduler.base_lrs = [lr * f for lr in scheduler.base_lrs]
         return f
+
+
+#: The rules ``train.lr_scaling`` may name (see :func:`lr_scale_factor`).
+LR_SCALING_RULES = ("none", "surge", "sgd", "linear", "sqrt")
+
+
+def lr_scale_factor(
+    old_batch: float, new_batch: float, rule: str = "surge", b_noise: float | None = None
+) -> float:
+    """Multiplier of a learning rate tuned at ``old_batch`` for use at ``new_batch``.
+
+    Parameters
+    ----------
+    old_batch, new_batch : float
+        Global batch sizes (examples per optimizer step), > 0.
+    rule : str
+        ``surge``: Adam's law, ``adam_optimal_lr(new) / adam_optimal_lr(old)`` (needs
+        ``b_noise``); ``sgd``: SGD's law (needs ``b_noise``); ``linear``:
+        ``new / old``; ``sqrt``: ``sqrt(new / old)``; ``none``: 1.
+    b_noise : float, optional
+        ``B_noise`` of the law (from :func:`fit_surge`, ``physforecast tune-lr``).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> lr_scale_factor(16, 64, "linear"), lr_scale_factor(16, 64, "sqrt")
+    (4.0, 2.0)
+    >>> round(lr_scale_factor(16, 64, "surge", b_noise=64), 4)
+    1.6
+    """
+    old = float(_positive("old_batch", old_batch))
+    new = float(_positive("new_batch", new_batch))
+    if rule not in LR_SCALING_RULES:
+        raise ValueError(
+            f"unknown learning-rate scaling rule {rule!r}; use one of {', '.join(LR_SCALING_RULES)}"
+        )
+    if rule == "none":
+        return 1.0
+    if rule == "linear":
+        return new / old
+    if rule == "sqrt":
+        return math.sqrt(new / old)
+    if b_noise is None:
+        raise ValueError(
+            f"the {rule} rule needs b_noise (the batch size of the law's peak); fit it with "
+            "physforecast tune-lr, or use the linear or sqrt rule"
+        )
+    law = adam_optimal_lr if rule == "surge" else sgd_optimal_lr
+    return SurgeLRRule(float(b_noise), law).factor(old, new)
+
+
+def scale_lr(
+    lr: float,
+    old_batch: float,
+    new_batch: float,
+    rule: str = "surge",
+    b_noise: float | None = None,
+) -> float:
+    """``lr`` (tuned at ``old_batch``) times :func:`lr_scale_factor` for ``new_batch``."""
+    return float(lr) * lr_scale_factor(old_batch, new_batch, rule, b_noise)

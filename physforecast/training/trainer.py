@@ -8,16 +8,21 @@ What varies is passed in, with defaults from :class:`~physforecast.config.TrainC
 - ``scheduler``: ``factory(optimizer, total_steps) -> LRScheduler`` (default: linear warmup
   then cosine, ``train.schedule``), stepped after every optimizer step and saved in the
   checkpoint, so a resumed run follows the same schedule;
-- ``comm_hook``: a ``(state, hook)`` pair registered on the DDP wrapper
-  (``DistributedDataParallel.register_comm_hook``);
+- ``comm_hook``: a ``(state, hook)`` pair or a
+  :class:`~physforecast.training.comm_hooks.CommHook` registered on the DDP wrapper
+  (default: ``train.comm_hook``, built by :mod:`~physforecast.training.parallel`);
 - ``averager``: an object whose ``average_parameters(params)`` runs after every optimizer
-  step (periodic or group model averaging);
+  step (default: ``train.averaging``; periodic or group model averaging, with its own
+  comm hook and one global average at the end);
 - callbacks after every optimizer step (``on_step``) and every epoch (``callbacks``).
 
 Gradient accumulation (``train.accumulate`` micro-batches per step, without gradient
 all-reduce on the micro-batches before the last), an exponential moving average of the
-weights (``train.ema``), clipping, fp16/bf16 autocast, validation, early stopping, exact
-resume and rank-0 checkpoints and logs complete it.
+weights (``train.ema``), the online gradient noise scale (``train.noise_scale``), the
+learning rate rescaled for the global batch size (``train.lr_scaling``), clipping,
+fp16/bf16 autocast, validation, early stopping, exact resume (with what differs between
+ranks: comm-hook state, and under parameter averaging each rank's model and optimizer)
+and rank-0 checkpoints and logs complete it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +51,18 @@ from physforecast.data.windows import worker_init
 from physforecast.errors import DeviceError, PhysforecastError
 from physforecast.run_dir import RunDir
 
+from . import fsdp
+from .comm_hooks import CommHook, GatedState, gated_hook
 from .distributed import DistInfo
+from .parallel import (
+    DEFAULT_HOOK,
+    build_averager,
+    build_comm_hook,
+    build_noise_scale,
+    check_parallel,
+    global_batch,
+    lr_factor_for,
+)
 
 __all__ = [
     "Trainer",
@@ -188,10 +205,13 @@ class Trainer:
         ``factory(model) -> Optimizer``; :func:`default_optimizer` by default.
     scheduler : callable, optional
         ``factory(optimizer, total_steps) -> LRScheduler``; :func:`default_scheduler` by default.
-    comm_hook : (state, hook), optional
-        A DDP communication hook, registered when training is distributed.
+    comm_hook : (state, hook) or CommHook, optional
+        A DDP communication hook, registered when training is distributed (default: the
+        one ``train.comm_hook`` names, or the averager's own).
     averager : object, optional
-        ``averager.average_parameters(params)`` after every optimizer step.
+        ``averager.average_parameters(params)`` after every optimizer step (default: the
+        one ``train.averaging`` names, under DDP); its ``comm_hook()`` is registered when no
+        hook is given and its ``final_average(params)`` runs after the last epoch.
     callbacks : list of callable
         Called as ``callback(trainer, record)`` after every epoch.
     on_step : list of callable
@@ -235,12 +255,22 @@ class Trainer:
         self.device = self.dist.device
         self.model = model.to(self.device)
         self.net: nn.Module = self.model
-        if self.dist.enabled:
+        self.comm_hook, averager = self._parallel_parts(comm_hook, averager)
+        self.noise = None  # the NoiseScaleTracker of train.noise_scale
+        if cfg.noise_scale:
+            self.noise, self.comm_hook = build_noise_scale(
+                cfg, self.model, self.dist.world_size, self.comm_hook
+            )
+        self.sharded = self.dist.enabled and cfg.fsdp  # train.fsdp: FSDP2 instead of DDP
+        if self.sharded:
+            fsdp.shard(self.model)
+        elif self.dist.enabled:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-            if comm_hook is not None:
-                self.net.register_comm_hook(*comm_hook)
+            if self.comm_hook is not None:
+                self._gate = GatedState(self.comm_hook)
+                self.net.register_comm_hook(self._gate, gated_hook)
         self.loss_fn = loss_fn
         if run_dir is not None and not isinstance(run_dir, RunDir):
             run_dir = RunDir(run_dir, writer=self.dist.is_main)
@@ -252,6 +282,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.on_step = list(on_step or [])
         self.optimizer = (optimizer or default_optimizer(cfg))(self.model)
+        self._scale_lr()
         self._scheduler_factory = scheduler or default_scheduler(cfg)
         self.scheduler: LRScheduler | None = None
         self.ema = (
@@ -269,6 +300,182 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._pending: dict[str, Any] | None = None  # optimizer/scheduler state of a resume
         self._best: dict[str, torch.Tensor] | None = None  # weights of the best epoch so far
+        self._rank_states: list[dict[str, Any]] | None = None  # gathered on rank 0
+        self._primed = False
+        self._full: tuple[dict[str, Any], dict[str, Any]] | None = None  # FSDP, this epoch
+
+    # -- state dicts (full ones under train.fsdp) -----------------------------------------
+    def _model_state(self) -> dict[str, Any]:
+        if not self.sharded:
+            return self.model.state_dict()
+        return self._full[0] if self._full is not None else fsdp.full_model_state(self.model)
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        if self._full is not None:
+            return self._full[1]
+        return fsdp.full_optimizer_state(self.model, self.optimizer)
+
+    def _load_model(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            fsdp.load_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            fsdp.load_optimizer_state(self.model, self.optimizer, state)
+        else:
+            self.optimizer.load_state_dict(state)
+
+    # -- training at scale (training.parallel) ------------------------------------------
+    def _parallel_parts(self, comm_hook: Any, averager: Any) -> tuple[CommHook | None, Any]:
+        """The comm hook and averager: those given, else those the config names (under DDP)."""
+        check_parallel(self.cfg, self.dist.world_size)
+        if not self.dist.enabled:
+            return _as_hook(comm_hook), averager
+        if self.cfg.fsdp:
+            if comm_hook is not None or averager is not None:
+                raise ValueError("train.fsdp takes no DDP comm hook and no averager")
+            return None, None
+        if averager is None:
+            averager = build_averager(self.cfg)
+        if comm_hook is None:
+            if averager is not None and hasattr(averager, "comm_hook"):
+                comm_hook = averager.comm_hook()
+            elif self.cfg.comm_hook != DEFAULT_HOOK or self.cfg.noise_scale:
+                comm_hook = build_comm_hook(self.cfg, self.model)
+            # else: DDP's own (C++) all-reduce, no Python hook
+        return _as_hook(comm_hook), averager
+
+    @property
+    def per_rank_batch(self) -> int:
+        """Windows per batch of the loaders this trainer builds (on each process)."""
+        return self.batch_size or (self.config.data.batch_size if self.config is not None else 16)
+
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimizer step over all processes (batch x accumulate x world size)."""
+        return global_batch(self.per_rank_batch, self.cfg.accumulate, self.dist.world_size)
+
+    def _scale_lr(self) -> None:
+        """``train.lr_scaling``: rescale the optimizer's rates from the tuned batch size."""
+        self.lr_scale = 1.0
+        if self.cfg.lr_scaling == "none":
+            return
+        tuned = self.config.data.batch_size if self.config is not None else self.per_rank_batch
+        base = self.cfg.lr_base_batch or tuned * self.cfg.accumulate
+        self.lr_scale = lr_factor_for(self.cfg, self.global_batch, base)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.lr_scale
+        if self.dist.is_main and self.lr_scale != 1.0:
+            print(
+                f"train.lr_scaling={self.cfg.lr_scaling}: lr {self.cfg.lr:.4g} at batch {base} "
+                f"-> {self.cfg.lr * self.lr_scale:.4g} at global batch {self.global_batch}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _prime(self, train_data: Dataset | DataLoader) -> None:
+        """Fix DDP's bucket layout before the first step, for a layout-sensitive hook.
+
+        DDP lays its buckets out again after the first backward of a new wrapper, so
+        without this a resumed run's first step would see another layout than the
+        uninterrupted run's (other DLCP chunks, PowerSGD's error feedback on other
+        elements). One forward and backward on the first batch, with the hook bypassed
+        (:class:`~physforecast.training.comm_hooks.GatedState`), the random-number state,
+        the buffers and the gradients restored, leaves training as it was.
+        """
+        self._primed = True
+        if not self.dist.enabled or self.comm_hook is None or not self.comm_hook.layout_sensitive:
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
+        with torch.random.fork_rng(devices=devices):
+            batch = next(iter(self.loader(train_data, train=True, epoch=self.epoch)))
+            self.net.train()
+            self._gate.priming = True
+            try:
+                loss, _ = self._loss(self.net, self._to_device(batch))
+                loss.backward()
+            finally:
+                self._gate.priming = False
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
+
+    def _final_average(self) -> None:
+        """One global average of the ranks' models after the last epoch (averagers only)."""
+        if not self.dist.enabled or not hasattr(self.averager, "final_average"):
+            return
+        self.averager.final_average(self.model.parameters())
+        if self.ema is not None:
+            self.averager.final_average(self.ema.module.parameters())
+
+    def _scale_record(self) -> dict[str, Any]:
+        """Noise-scale estimates and the comm hook's byte counters of the last step."""
+        out: dict[str, Any] = {}
+        if self.noise is not None:
+            out.update(self.noise.record())
+        counters = self.comm_hook.counters() if self.comm_hook is not None else None
+        for key, value in (counters or {}).items():
+            out[f"comm_{key}"] = value
+        return out
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: the comm hook's state and, when an averager lets the
+        models drift apart, this rank's weights, optimizer and RNG."""
+        local: dict[str, Any] = {}
+        if self.comm_hook is not None:
+            local["comm_hook"] = self.comm_hook.state_dict()
+        if self.averager is not None:
+            local["model"] = self.model.state_dict()
+            local["optimizer"] = self.optimizer.state_dict()
+            local["rng_cpu"] = torch.get_rng_state()
+            if self.ema is not None:
+                local["ema"] = self.ema.module.state_dict()
+        return _to_cpu(local)
+
+    def _gather_rank_states(self) -> None:
+        """Collect every rank's :meth:`_rank_state` on rank 0 (a collective; every rank)."""
+        if not self.dist.enabled or (self.comm_hook is None and self.averager is None):
+            return
+        gathered: list[Any] | None = [None] * self.dist.world_size if self.dist.is_main else None
+        torch.distributed.gather_object(self._rank_state(), gathered, dst=0)
+        self._rank_states = gathered
+
+    def _load_rank_state(self, state: dict[str, Any]) -> None:
+        """This rank's part of a checkpoint (see :meth:`_rank_state`)."""
+        ranks = state.get("ranks")
+        mine: dict[str, Any] = {}
+        if ranks is not None and self.dist.enabled:
+            if len(ranks) == self.dist.world_size:
+                mine = ranks[self.dist.rank]
+            elif self.dist.is_main:
+                warnings.warn(
+                    f"the checkpoint was written by {len(ranks)} processes and this run has "
+                    f"{self.dist.world_size}: every rank continues from rank 0's state (the "
+                    "comm-hook and averaging state do not carry over exactly)",
+                    stacklevel=3,
+                )
+        if "model" in mine:
+            self.model.load_state_dict(mine["model"])
+            self._pending["optimizer"] = mine["optimizer"]
+            torch.set_rng_state(mine["rng_cpu"].cpu())
+            if self.ema is not None and "ema" in mine:
+                self.ema.module.load_state_dict(mine["ema"])
+        hook_state = mine.get("comm_hook", state.get("comm_hook"))
+        if self.comm_hook is not None and hook_state is not None:
+            if state.get("comm_hook_name") == self.comm_hook.name:
+                self.comm_hook.load_state_dict(hook_state)
+        if hasattr(self.averager, "load_state_dict") and "averager" in state:
+            if state.get("averager_name") == type(self.averager).__name__:
+                self.averager.load_state_dict(state["averager"])
+        if self.noise is not None and "noise_scale" in state:
+            self.noise.load_state_dict(state["noise_scale"])
 
     # -- pieces -------------------------------------------------------------------
     @property
@@ -298,7 +505,7 @@ class Trainer:
         """A DataLoader for ``data``; training order is seeded by ``(seed, epoch)`` so resumes repeat it."""
         if isinstance(data, DataLoader):
             return data
-        bs = self.batch_size or (self.config.data.batch_size if self.config is not None else 16)
+        bs = self.per_rank_batch
         workers = self.config.data.num_workers if self.config is not None else 0
         if self.dist.enabled:
             sampler = DistributedSampler(data, shuffle=train, seed=self.cfg.seed, drop_last=False)
@@ -347,13 +554,19 @@ class Trainer:
         self.net.train()
         batch = self._to_device(batch)
         lr = self.optimizer.param_groups[0]["lr"]
-        no_sync = (
-            self.net.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
-        )
+        no_sync: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self.dist.enabled and not sync:
+            no_sync = fsdp.no_sync(self.model) if self.sharded else self.net.no_sync()
         with no_sync:
             loss, logs = self._loss(self.net, batch)
+            if self.noise is not None:
+                self.noise.before_backward()
             self.scaler.scale(loss * scale).backward()
+            if self.noise is not None:
+                self.noise.after_backward(batch["x"].shape[0])
         if sync:
+            if self.noise is not None:  # before clipping changes the gradients
+                logs.update(self.noise.step(loss_scale=scale * float(self.scaler.get_scale())))
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -367,6 +580,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.step += 1
+            self._full = None  # the gathered FSDP state is out of date
         return {"loss": float(loss.detach()), "lr": lr, **logs}
 
     @torch.no_grad()
@@ -408,10 +622,12 @@ class Trainer:
                 self.optimizer, max(1, epochs * steps_per_epoch)
             )
         if self._pending is not None:  # after the scheduler exists, so its state wins
-            self.optimizer.load_state_dict(self._pending["optimizer"])
+            self._load_optimizer(self._pending["optimizer"])
             if self._pending.get("scheduler") is not None:
                 self.scheduler.load_state_dict(self._pending["scheduler"])
             self._pending = None
+        if self.epoch < epochs and not self._primed:
+            self._prime(train_data)
         while self.epoch < epochs:
             record = self._run_epoch(train_data, val_data, batches, epochs)
             if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
@@ -420,6 +636,10 @@ class Trainer:
                         f"early stopping after epoch {record['epoch']}: no improvement for "
                         f"{self.cfg.patience} epochs"
                     )
+                if self.epoch < epochs and hasattr(self.averager, "final_average"):
+                    self._final_average()
+                    self._gather_rank_states()
+                    self.save_checkpoint("last")
                 break
         return self.history
 
@@ -451,6 +671,8 @@ class Trainer:
             bar.update()
         bar.close()
         self.epoch += 1
+        if self.epoch >= epochs:
+            self._final_average()
         elapsed = time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": self.epoch}
         if self.stage:
@@ -464,15 +686,21 @@ class Trainer:
                 "epoch_time_s": elapsed,
             }
         )
+        record.update(self._scale_record())
         if val_data is not None:
             record.update(self.evaluate(val_data))
+        if self.sharded:  # gathered once, on every rank (a collective), for best and last
+            self._full = (self._model_state(), self._optimizer_state())
         improved = record.get("val_loss", record["train_loss"]) < self.best_val
         if improved:
             self.best_val = record.get("val_loss", record["train_loss"])
             self.bad_epochs = 0
-            self._best = {
-                k: v.detach().clone() for k, v in unwrap(self.eval_model).state_dict().items()
-            }
+            if self.sharded:  # the full weights, on rank 0
+                self._best = dict(self._full[0])
+            else:
+                self._best = {
+                    k: v.detach().clone() for k, v in unwrap(self.eval_model).state_dict().items()
+                }
         else:
             self.bad_epochs += 1
         self.history.append(record)
@@ -480,6 +708,7 @@ class Trainer:
             print(_epoch_line(record, epochs), file=sys.stderr, flush=True)
         if self.run is not None:
             self.run.append_metrics(record)
+            self._gather_rank_states()
             self.save_checkpoint("last")
             if improved:
                 self.save_checkpoint("best")
@@ -491,8 +720,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Everything needed to resume exactly: weights, optimizer, schedule, counters, RNG, config."""
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self._model_state(),
+            "optimizer": self._optimizer_state(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "step": self.step,
             "epoch": self.epoch,
@@ -507,6 +736,16 @@ class Trainer:
         if self.ema is not None:
             state["ema"] = self.ema.module.state_dict()
             state["ema_count"] = int(self.ema.n_averaged)
+        if self.comm_hook is not None:
+            state["comm_hook"] = self.comm_hook.state_dict()
+            state["comm_hook_name"] = self.comm_hook.name
+        if hasattr(self.averager, "state_dict"):
+            state["averager"] = self.averager.state_dict()
+            state["averager_name"] = type(self.averager).__name__
+        if self.noise is not None:
+            state["noise_scale"] = self.noise.state_dict()
+        if self._rank_states is not None:
+            state["ranks"] = self._rank_states
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -535,7 +774,7 @@ class Trainer:
         when :meth:`fit` has built the schedule.
         """
         state = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        self._load_model(state["model"])
         if self.ema is not None and "ema" in state:
             self.ema.module.load_state_dict(state["ema"])
             self.ema.n_averaged.fill_(int(state.get("ema_count", 1)))
@@ -546,6 +785,7 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"].cpu())
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self._load_rank_state(state)
         if self.run is not None:  # records of epochs after the checkpoint are dropped
             self.run.keep_metrics(
                 lambda r: r.get("stage") != self.stage or int(r.get("epoch", 0)) <= self.epoch
@@ -557,6 +797,25 @@ class Trainer:
             return False
         self.load(self.run.checkpoint_path("last", self.stage))
         return True
+
+
+def _as_hook(hook: Any) -> CommHook | None:
+    """A :class:`CommHook` for a ``(state, hook)`` pair (or ``None``, or a CommHook)."""
+    if hook is None or isinstance(hook, CommHook):
+        return hook
+    state, fn = hook
+    return CommHook(getattr(fn, "__name__", "custom"), state, fn)
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in nested dicts, lists and tuples moved to the CPU."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

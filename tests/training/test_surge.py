@@ -149,9 +149,16 @@ def test_lr_rule_scales_like_sqrt_below_the_peak_and_updates_optimizer_and_sched
 def test_plot_surge_draws_points_and_one_line_per_fit():
     b = np.geomspace(4, 256, 6)
     lr = adam_optimal_lr(b, 1e-3, 32)
-    fig = plot_surge(b, lr, [fit_surge(b, lr), fit_surge(b, lr, law=sgd_optimal_lr)])
+    fits = [fit_surge(b, lr), fit_surge(b, lr, law=sgd_optimal_lr)]
+    fig = plot_surge(b, lr, fits)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
-    assert (
-        ax.get_xscale() == "log" and len(ax.get_lines()) == 1 + 2 * 2
-    )  # points, 2 x (curve, peak)
+    # points, a curve per fit, a peak line per fit whose B_noise lies in the plotted range
+    peaks = sum(2 <= f.b_noise <= 512 for f in fits)
+    assert fits[0].b_noise == pytest.approx(32) and peaks >= 1
+    assert ax.get_xscale() == "log" and len(ax.get_lines()) == 1 + 2 + peaks
+    # a highlighted point widens the range and is drawn
+    fig = plot_surge(b, lr, fits[:1], highlight=(1024, 2e-4))
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 1 + 1 + 1 + 1 and lines[-1].get_xdata()[0] == 1024
+    assert fig.axes[0].get_lines()[1].get_xdata().max() >= 1024
