@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from physforecast.data.normalization import Normalizer
-from physforecast.data.windows import ForecastWindows
+from physforecast.data.windows import ForecastWindows, collate_windows
 
 from .dataset import declared_parameters, forecast_dataset, sample_parameters
 
@@ -56,7 +56,7 @@ def forecast_windows(
     model.to(device)
     cond_dim = getattr(model, "cond_dim", 0)
     preds, truths = [], []
-    loader = DataLoader(windows, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(windows, batch_size=batch_size, shuffle=False, collate_fn=collate_windows)
     for batch in tqdm(loader, desc="forecast", leave=False, disable=not progress):
         x = batch["x"].to(device)
         cond = batch["params"].to(device) if cond_dim else None

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from physforecast.checkpoint import load_checkpoint
 from physforecast.config import Config, TrainConfig, config_to_dict
-from physforecast.data.windows import worker_init
+from physforecast.data.windows import collate_windows, worker_init
 from physforecast.errors import DeviceError, PhysforecastError
 from physforecast.run_dir import RunDir
 
@@ -315,6 +315,7 @@ class Trainer:
             sampler=sampler,
             num_workers=workers,
             worker_init_fn=worker_init if workers else None,
+            collate_fn=collate_windows,
         )
 
     def _loss(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
