@@ -33,6 +33,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
+    "EvalConfig",
     "Config",
     "load_config",
     "save_config",
@@ -130,7 +131,10 @@ class TrainConfig:
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     max_steps_per_epoch : int, optional
-        Cap on batches per epoch (for quick runs).
+        Cap on training batches per epoch (for quick runs).
+    max_val_steps : int, optional
+        Cap on validation batches per epoch (the first ones of the validation split); all
+        of them when unset. ``max_steps_per_epoch`` does not cap validation.
     """
 
     epochs: int = 10
@@ -147,6 +151,25 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int | None = None
+    max_val_steps: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    """How a run is scored on its test split (``physforecast evaluate``, and after ``train``).
+
+    Attributes
+    ----------
+    chunk : int
+        Test windows forecast, scored and written at a time: the evaluation holds only
+        this many samples (and their truth) in memory, whatever the size of the split.
+    save_samples : int, optional
+        ``forecasts.nc`` holds the first this many test samples (0: no forecasts file);
+        all of them when unset. The scorecard always covers the whole split.
+    """
+
+    chunk: int = 256
+    save_samples: int | None = None
 
 
 @dataclass
@@ -161,6 +184,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     method: str = "supervised"
     out: str = "runs/default"
     sections: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -181,7 +205,7 @@ class Config:
         return self.section(name)
 
 
-_FIXED = ("data", "model", "train", "method", "out")
+_FIXED = ("data", "model", "train", "eval", "method", "out")
 
 
 def method_section(name: str) -> type | None:
@@ -384,9 +408,16 @@ def check_config(cfg: Config) -> None:
         ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
         ("data.in_memory_mb", cfg.data.in_memory_mb, cfg.data.in_memory_mb >= 0, ">= 0"),
     ]
-    steps = cfg.train.max_steps_per_epoch
-    if steps is not None:
-        rules.append(("train.max_steps_per_epoch", steps, steps >= 1, ">= 1 (or null)"))
+    for key, steps in (
+        ("train.max_steps_per_epoch", cfg.train.max_steps_per_epoch),
+        ("train.max_val_steps", cfg.train.max_val_steps),
+    ):
+        if steps is not None:
+            rules.append((key, steps, steps >= 1, ">= 1 (or null)"))
+    rules.append(("eval.chunk", cfg.eval.chunk, cfg.eval.chunk >= 1, ">= 1"))
+    if cfg.eval.save_samples is not None:
+        n = cfg.eval.save_samples
+        rules.append(("eval.save_samples", n, n >= 0, ">= 0 (or null: all)"))
     split = cfg.data.split
     rules.append(
         (

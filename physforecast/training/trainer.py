@@ -372,11 +372,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: Dataset | DataLoader) -> dict[str, float]:
-        """Mean loss over ``data`` (all ranks together under DDP), on the EMA weights when enabled."""
+        """Mean loss over ``data`` (all ranks together under DDP), on the EMA weights when
+        enabled; only its first ``train.max_val_steps`` batches when that is set."""
         net = self.eval_model
         net.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for batch in self.loader(data, train=False):
+        cap = self.cfg.max_val_steps
+        for i, batch in enumerate(self.loader(data, train=False)):
+            if cap is not None and i >= cap:
+                break
             batch = self._to_device(batch)
             with self.autocast():
                 loss, _ = self.loss_fn(net, batch)
