@@ -241,7 +241,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "backbones":
         from physforecast.backbone_table import backbone_table, format_backbone_table
 
-        print(format_backbone_table(backbone_table()))
+        print(format_backbone_table(backbone_table(flops=args.flops)))
+        if not args.flops:
+            print(
+                "\n(parameters with the default options, 10 frames in and out, 1 variable; "
+                "FLOPs per sample: physforecast list backbones --flops)"
+            )
     elif args.what == "datasets":
         print("registered datasets (give the name: --dataset ns2d):")
         for name in DATASETS.names():
@@ -415,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("list", help="list backbones, datasets (simulators and file formats), methods, metrics")
     p.add_argument("what", choices=["backbones", "datasets", "methods", "metrics"])
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="backbones: build each model and count its FLOPs per 64x64 sample (seconds)",
+    )
     p.set_defaults(func=_cmd_list)
 
     p = add("generate", help="simulate a registered dataset and write it to .nc or .zarr")
