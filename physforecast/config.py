@@ -135,6 +135,11 @@ class TrainConfig:
     max_val_steps : int, optional
         Cap on validation batches per epoch (the first ones of the validation split); all
         of them when unset. ``max_steps_per_epoch`` does not cap validation.
+    threads : int, optional
+        Torch intra-op threads of the run (training, evaluation, ``forecast``); 0 or
+        unset: :func:`physforecast.threads.auto_threads` (``OMP_NUM_THREADS`` if set,
+        else the cores this process may use, less the DataLoader workers and the cores
+        other processes keep busy).
     """
 
     epochs: int = 10
@@ -152,6 +157,7 @@ class TrainConfig:
     device: str = "auto"
     max_steps_per_epoch: int | None = None
     max_val_steps: int | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -415,6 +421,9 @@ def check_config(cfg: Config) -> None:
         if steps is not None:
             rules.append((key, steps, steps >= 1, ">= 1 (or null)"))
     rules.append(("eval.chunk", cfg.eval.chunk, cfg.eval.chunk >= 1, ">= 1"))
+    if cfg.train.threads is not None:
+        n = cfg.train.threads
+        rules.append(("train.threads", n, n >= 0, ">= 0 (0 or null: automatic)"))
     if cfg.eval.save_samples is not None:
         n = cfg.eval.save_samples
         rules.append(("eval.save_samples", n, n >= 0, ">= 0 (or null: all)"))

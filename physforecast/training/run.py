@@ -38,6 +38,7 @@ from physforecast.metrics import ScoreAccumulator, format_scorecard
 from physforecast.plots import plot_forecast_panel, plot_metric_vs_lead, save_figure
 from physforecast.registry import BACKBONES
 from physforecast.run_dir import RunDir, RunLock
+from physforecast.threads import resolve_threads
 
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .trainer import resolve_device
@@ -134,6 +135,7 @@ def _train_locked(
 ) -> None:
     """The part of :func:`train` that runs holding the run directory's lock."""
     dist = init_distributed(cfg.train.device)
+    torch.set_num_threads(resolve_threads(cfg.train.threads, cfg.data.num_workers))
     try:
         torch.manual_seed(cfg.train.seed)
         data = prepare_data(cfg, run.read_normalizer() if resume else None)
@@ -305,6 +307,7 @@ def evaluate_run(
     run = RunDir(run_dir).require()
     cfg = run.read_config()
     device = resolve_device(cfg.train.device)
+    torch.set_num_threads(resolve_threads(cfg.train.threads, cfg.data.num_workers))
     loaded = run.load_model(checkpoint, device=device)
     data = data or prepare_data(cfg, loaded.normalizer)
     keep = cfg.eval.save_samples
