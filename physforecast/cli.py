@@ -212,6 +212,12 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
     out = check_output_path(args.out)  # before any work
     forecaster = pf.load(args.run_dir, args.checkpoint)
+    import torch
+
+    from physforecast.threads import resolve_threads
+
+    cfg = forecaster.config
+    torch.set_num_threads(resolve_threads(cfg.train.threads if cfg is not None else None))
     keep = None
     if args.variables:
         keep = [v.strip() for v in args.variables.split(",") if v.strip()]

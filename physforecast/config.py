@@ -105,7 +105,9 @@ class TrainConfig:
     Attributes
     ----------
     epochs : int
-        Passes over the training windows.
+        Passes over the training windows (at most: early stopping ends sooner). The
+        default job (ns2d + FNO) converges in about this many on 2 cores in under 5
+        minutes.
     optimizer : str
         Optimizer name for timm's ``create_optimizer_v2`` (``adamw``, ``adam``, ``sgd``,
         ``lamb``...).
@@ -125,7 +127,8 @@ class TrainConfig:
     precision : str
         ``fp32``, ``bf16`` or ``fp16`` autocast.
     patience : int
-        Early stopping after this many epochs without validation improvement; 0 disables it.
+        Early stopping after this many epochs without validation improvement (on by
+        default); 0 disables it. The best epoch's weights are the ones evaluated.
     seed : int
         Seed of every random number generator.
     device : str
@@ -142,7 +145,7 @@ class TrainConfig:
         other processes keep busy).
     """
 
-    epochs: int = 10
+    epochs: int = 80
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -152,7 +155,7 @@ class TrainConfig:
     ema: float = 0.0
     grad_clip: float = 1.0
     precision: str = "fp32"
-    patience: int = 0
+    patience: int = 10
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int | None = None
