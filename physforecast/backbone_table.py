@@ -58,8 +58,13 @@ def backbone_table(
     *,
     names: list[str] | None = None,
     registry: Registry = BACKBONES,
+    flops: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per registered backbone, built with its default options.
+
+    With ``flops=False`` and the default shape, a backbone whose registry metadata
+    (:meth:`~physforecast.registry.Registry.info`) gives its ``params`` is not built (nor
+    its module imported): ``physforecast list backbones`` lists every model in a moment.
 
     Parameters
     ----------
@@ -81,7 +86,21 @@ def backbone_table(
     """
     rows = []
     height, width = size
+    default_shape = (in_steps, out_steps, channels) == (10, 10, 1)
     for name in names if names is not None else registry.names():
+        info = registry.info(name)
+        if not flops and default_shape and info.get("params") is not None:
+            rows.append(
+                {
+                    "name": name,
+                    "params": int(info["params"]),
+                    "flops": None,
+                    "paper": info.get("paper", ""),
+                    "source": info.get("source", ""),
+                    "note": "FLOPs: physforecast list backbones --flops",
+                }
+            )
+            continue
         entry = registry.entry(name)
         model = registry.create(
             name,
@@ -92,14 +111,14 @@ def backbone_table(
         )
         x = torch.randn(1, in_steps, channels, height, width)
         try:
-            flops, note = count_flops(model, x), ""
+            counted, note = (count_flops(model, x), "") if flops else (None, "")
         except ValueError as err:  # a size constraint (patch or level divisibility)
-            flops, note = None, str(err)
+            counted, note = None, str(err)
         rows.append(
             {
                 "name": name,
                 "params": count_parameters(model),
-                "flops": flops,
+                "flops": counted,
                 "paper": entry.meta.get("paper", ""),
                 "source": entry.meta.get("source", ""),
                 "note": note,
@@ -116,13 +135,19 @@ def _human(n: float) -> str:
 
 
 def format_backbone_table(rows: list[dict[str, Any]]) -> str:
-    """Render :func:`backbone_table` rows as an aligned plain-text table."""
-    header = ("name", "params", "FLOPs/sample", "paper")
+    """Render :func:`backbone_table` rows as an aligned plain-text table (without the
+    FLOPs column when no row counted them)."""
+    with_flops = any(
+        row["flops"] is not None or not row["note"].startswith("FLOPs:") for row in rows
+    )
+    header = (
+        ("name", "params", "FLOPs/sample", "paper") if with_flops else ("name", "params", "paper")
+    )
     body = [
         (
             row["name"],
             _human(row["params"]),
-            "n/a" if row["flops"] is None else _human(row["flops"]),
+            *(["n/a" if row["flops"] is None else _human(row["flops"])] if with_flops else []),
             row["paper"],
         )
         for row in rows

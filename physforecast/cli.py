@@ -213,6 +213,12 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
     out = check_output_path(args.out)  # before any work
     forecaster = pf.load(args.run_dir, args.checkpoint)
+    import torch
+
+    from physforecast.threads import resolve_threads
+
+    cfg = forecaster.config
+    torch.set_num_threads(resolve_threads(cfg.train.threads if cfg is not None else None))
     keep = None
     if args.variables:
         keep = [v.strip() for v in args.variables.split(",") if v.strip()]
@@ -245,7 +251,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "backbones":
         from physforecast.backbone_table import backbone_table, format_backbone_table
 
-        print(format_backbone_table(backbone_table()))
+        print(format_backbone_table(backbone_table(flops=args.flops)))
+        if not args.flops:
+            print(
+                "\n(parameters with the default options, 10 frames in and out, 1 variable; "
+                "FLOPs per sample: physforecast list backbones --flops)"
+            )
     elif args.what == "datasets":
         print("registered datasets (give the name: --dataset ns2d):")
         for name in DATASETS.names():
@@ -301,9 +312,25 @@ def _bench_names() -> list[str]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from physforecast.atomic import atomic_write_text
+
     names = _bench_names()
+    if args.name == "all":
+        chosen = names
+        if args.only:
+            chosen = [n.strip() for n in args.only.split(",") if n.strip()]
+            check_options("bench all --only", chosen, names, key="--only")
+        docs = Path(args.docs)
+        for name in chosen:  # one after another: benches must not time each other
+            print(f"bench {name}...", file=sys.stderr, flush=True)
+            report = importlib.import_module(f"physforecast.bench.{name}").run(quick=args.quick)
+            path = atomic_write_text(docs / f"benchmarks_{name}.md", report)
+            print(f"wrote {path}", file=sys.stderr, flush=True)
+        return 0
     if args.name not in names:
-        raise ConfigError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
+        raise ConfigError(
+            f"unknown benchmark {args.name!r}; available: {', '.join(names)} (or all)"
+        )
     module = importlib.import_module(f"physforecast.bench.{args.name}")
     report = module.run(quick=args.quick)
     print(report)
@@ -425,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("list", help="list backbones, datasets (simulators and file formats), methods, metrics")
     p.add_argument("what", choices=["backbones", "datasets", "methods", "metrics"])
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="backbones: build each model and count its FLOPs per 64x64 sample (seconds)",
+    )
     p.set_defaults(func=_cmd_list)
 
     p = add("generate", help="simulate a registered dataset and write it to .nc or .zarr")
@@ -440,9 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = add("bench", help="run a benchmark and print its Markdown report")
-    p.add_argument("name", help="benchmark name (backbones, metrics, data, beamvq, ...)")
+    p.add_argument(
+        "name",
+        help="benchmark name (backbones, metrics, data, train, forecast, ...), or all: every "
+        "benchmark, each report written to DOCS/benchmarks_<name>.md",
+    )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke version")
     p.add_argument("--report", help="also write the report to this file")
+    p.add_argument("--docs", default="docs", help="bench all: where the pages go (docs)")
+    p.add_argument("--only", help="bench all: a comma-separated subset of the benchmarks")
     p.set_defaults(func=_cmd_bench)
 
     for module in COMMAND_MODULES:

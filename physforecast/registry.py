@@ -1,8 +1,11 @@
 """One small name -> factory registry, shared by backbones, datasets and metrics.
 
 Entries register themselves with a decorator; the core never imports a particular
-backbone or dataset. Unknown names raise a ``ValueError`` that lists the valid names
-and suggests the closest one.
+backbone or dataset. An entry may also be *declared* first (:meth:`Registry.declare`):
+its name, module and metadata are known without importing anything, and the module is
+imported the first time the entry's factory is needed, so listing the backbones or
+training one of them does not import the others (and the libraries they use). Unknown
+names raise a ``ValueError`` that lists the valid names and suggests the closest one.
 """
 
 from __future__ import annotations
@@ -55,6 +58,26 @@ class Registry:
         self.kind = kind
         self._populate = (populate,) if isinstance(populate, str) else tuple(populate or ())
         self._entries: dict[str, RegistryEntry] = {}
+        self._declared: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def declare(self, name: str, module: str, **meta: Any) -> None:
+        """Make ``name`` known without importing ``module``, which registers it.
+
+        :meth:`names`, ``in`` and :meth:`info` answer from ``meta`` alone; :meth:`entry`
+        and :meth:`create` import ``module`` on first use (its registration then supplies
+        the factory; its metadata wins over the declared one).
+        """
+        if name not in self._entries:
+            self._declared[name] = (str(module), dict(meta))
+
+    def info(self, name: str) -> dict[str, Any]:
+        """The metadata of ``name``, without importing its module when it was declared."""
+        self._ensure_populated()
+        if name in self._entries:
+            return dict(self._entries[name].meta)
+        if name in self._declared:
+            return {"module": self._declared[name][0], **self._declared[name][1]}
+        return self.entry(name).meta  # the unknown-name error
 
     def _ensure_populated(self) -> None:
         modules, self._populate = self._populate, ()
@@ -71,7 +94,9 @@ class Registry:
                 warnings.warn(
                     f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
                 )
-            self._entries[name] = RegistryEntry(name, factory, dict(meta))
+            declared = self._declared.pop(name, None)
+            merged = {**(declared[1] if declared else {}), **meta}
+            self._entries[name] = RegistryEntry(name, factory, merged)
             return factory
 
         return decorator
@@ -79,22 +104,29 @@ class Registry:
     def names(self, filter: str | None = None) -> list[str]:
         """Sorted registered names, optionally filtered by an fnmatch pattern."""
         self._ensure_populated()
-        names = sorted(self._entries)
+        names = sorted({*self._entries, *self._declared})
         if filter:
             names = [n for n in names if fnmatch.fnmatch(n, filter)]
         return names
 
     def __contains__(self, name: object) -> bool:
         self._ensure_populated()
-        return name in self._entries
+        return name in self._entries or name in self._declared
 
     def entry(self, name: str) -> RegistryEntry:
         """The entry for ``name``; a ``ValueError`` naming the valid choices otherwise."""
         self._ensure_populated()
+        if name not in self._entries and name in self._declared:
+            module = self._declared[name][0]
+            importlib.import_module(module)  # registers the factory
+            if name not in self._entries:
+                raise RuntimeError(
+                    f"{module} was declared to register {self.kind} {name!r}; it did not"
+                )
         try:
             return self._entries[name]
         except KeyError:
-            valid = sorted(self._entries)
+            valid = sorted({*self._entries, *self._declared})
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(

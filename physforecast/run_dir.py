@@ -48,6 +48,7 @@ from typing import Any
 import yaml
 
 from physforecast.atomic import (
+    atomic_write,
     atomic_write_json,
     atomic_write_text,
     is_temporary,
@@ -56,7 +57,7 @@ from physforecast.atomic import (
 )
 from physforecast.checkpoint import load_checkpoint, save_checkpoint
 from physforecast.config import Config, config_from_dict, config_to_dict
-from physforecast.data.io import write_dataset
+from physforecast.data.io import check_output_path, write_dataset
 from physforecast.data.normalization import Normalizer
 from physforecast.data.spec import DataSpec
 from physforecast.errors import CheckpointError, OutputPathError, RunDirInUseError
@@ -350,6 +351,17 @@ class RunDir:
     def write_dataset(self, name: str, ds: Any) -> Path | None:
         """A netCDF or zarr file of the run (``forecasts.nc``)."""
         return write_dataset(ds, self.path / name) if self.writer else None
+
+    def write_in_pieces(self, name: str, write: Callable[[Path | None], Any]) -> Path | None:
+        """A file of the run that ``write(tmp)`` fills piece by piece (``forecasts.nc``,
+        chunk by chunk), renamed into place once complete. Off rank 0 ``write(None)``
+        runs without a file (so the work it does along the way still happens)."""
+        if not self.writer:
+            write(None)
+            return None
+        path = check_output_path(self.path / name)
+        remove_orphans(path.parent, stem=path.stem)
+        return atomic_write(path, write)
 
     def write_scorecard(self, card: Any) -> tuple[Path, Path] | None:
         """``scorecard.nc`` and ``scorecard.json``."""

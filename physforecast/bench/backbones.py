@@ -3,7 +3,8 @@ adapters over the raw neuraloperator models.
 
 ``physforecast bench backbones`` times one training step (forward, MSE loss, backward) of
 each backbone, built with its default options for 10 input and 10 output frames of one
-variable on a 64 x 64 grid, batch 4, on one CPU thread (steadier on a shared machine),
+variable on a 64 x 64 grid, batch 4, with the thread count a training job would use
+(:func:`physforecast.threads.auto_threads`),
 and reports samples per second. For ``fno`` and ``uno`` it also times the adapter
 against the neuraloperator model it wraps, with the same configuration and the same
 weights (a deep copy of the wrapped module), side by side in one run with interleaved
@@ -41,7 +42,6 @@ class _Setting:
     size: int
     repeats: int  # timed steps per backbone in the throughput table
     pairs: int  # interleaved (adapter, raw) pairs in the overhead table
-    threads: int = 1  # one thread: steadier timings on a shared machine
 
 
 _FULL = _Setting(batch=4, steps=10, size=64, repeats=5, pairs=30)
@@ -142,19 +142,25 @@ def run(quick: bool = False) -> str:
     s = _QUICK if quick else _FULL
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(s.threads)
+    from physforecast.threads import auto_threads
+
+    used = auto_threads()
+    torch.set_num_threads(used)
     try:
         machine = _machine()
         throughput = _throughput_rows(s)
         overhead = _overhead_rows(s)
     finally:
         torch.set_num_threads(threads)
+    from ._timing import smoke_note
+
     lines = [
         "# Backbones: training throughput on CPU",
         "",
+        *smoke_note(quick),
         f"One training step = forward, MSE loss, backward; batch {s.batch}, "
         f"{s.steps} frames in and {s.steps} out, 1 variable, {s.size} x {s.size} grid, fp32, "
-        f"{s.threads} CPU thread(s), default options of every backbone. Median of {s.repeats} timed steps after one "
+        f"{used} CPU thread(s) (the training job's thread policy), default options of every backbone. Median of {s.repeats} timed steps after one "
         f"warm-up step.",
         "",
         "| backbone | parameters | ms / step | samples / s |",

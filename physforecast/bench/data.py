@@ -1,26 +1,29 @@
-"""Benchmark: reading forecast windows from a zarr store.
+"""Benchmark: reading forecast windows, in memory and from a zarr store.
 
 ``physforecast bench data`` writes a synthetic zarr store (two float32 fields, dims
 (trajectory, time, y, x), chunks of one trajectory by ten frames) and measures
 
-1. throughput: windows per second through :class:`~physforecast.data.windows.ForecastWindows`
-   and a torch ``DataLoader`` with 0, 1 and 2 worker processes;
+1. throughput, every contender in interleaved rounds after a warm-up of each, the same
+   windows in the same order (batches of 16, ``x`` and ``y`` as tensors):
+   :class:`~physforecast.data.windows.ForecastWindows` through a torch ``DataLoader``
+   (as the Trainer builds it) against plain numpy slicing of the arrays and xbatcher's
+   ``BatchGenerator`` in memory; out of core, against direct zarr slicing of the store
+   and xbatcher on ``xr.open_zarr``, in order and shuffled; ratios are package / peer;
 2. memory: on a store ten times larger, the peak resident memory gained while visiting
    every window, for ForecastWindows, a plain xarray ``isel`` loop and xbatcher's
    ``BatchGenerator`` on the same store, each in its own subprocess (the kernel's
    peak-RSS mark, reset just before iterating, against the resident size then). A lazy
    reader stays far below the size of the store.
 
-``quick=True`` uses a tiny store, measures in this process (``tracemalloc``) and finishes
-in seconds. Forked DataLoader workers run dask's synchronous scheduler (see
-:func:`worker_init`): dask's thread pool does not survive ``fork``.
+``quick=True`` is a smoke run (a tiny store, one round, memory traced in this process).
+Forked DataLoader workers run dask's synchronous scheduler (see :func:`worker_init`):
+dask's thread pool does not survive ``fork``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,7 +37,9 @@ import numpy as np
 
 from physforecast.data.windows import worker_init
 
-__all__ = ["run", "make_store", "worker_init", "measure"]
+from ._timing import interleave, machine, median, ratio_cell, smoke_note, spread
+
+__all__ = ["run", "make_store", "worker_init", "measure", "throughput"]
 
 IN_STEPS, OUT_STEPS = 4, 4
 METHODS = ("windows", "isel", "xbatcher")
@@ -246,19 +251,98 @@ def _store_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def _machine() -> str:
+def _versions() -> str:
     import dask
+    import xarray as xr
+    import xbatcher
+    import zarr
+
+    return f"{xr.__version__}, {zarr.__version__}, {dask.__version__}, {xbatcher.__version__}"
+
+
+def _batches(n_windows: int, shuffled: bool) -> list[np.ndarray]:
+    order = np.arange(n_windows)
+    if shuffled:
+        order = np.random.default_rng(0).permutation(n_windows)
+    return [order[i : i + 16] for i in range(0, n_windows, 16)]
+
+
+def throughput(
+    path: Path, rounds: int, n_traj: int, n_time: int
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds per pass over every window, per contender, per round (see the module)."""
     import torch
     import xarray as xr
     import xbatcher
     import zarr
 
-    return (
-        f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs visible; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"xarray {xr.__version__}, zarr {zarr.__version__}, dask {dask.__version__}, "
-        f"xbatcher {xbatcher.__version__}"
-    )
+    from physforecast.data.formats import open_any
+    from physforecast.data.windows import ForecastWindows, collate_windows
+
+    span = IN_STEPS + OUT_STEPS
+    starts = n_time - span + 1
+    loaded = xr.open_zarr(path).load()
+    lazy = open_any(path, mask="none")
+    group = zarr.open_group(str(path), mode="r")
+
+    def package(ds: xr.Dataset, shuffled: bool = False):
+        def go() -> None:
+            windows = ForecastWindows(ds, ["u", "v"], IN_STEPS, OUT_STEPS, params=["viscosity"])
+            sampler = np.concatenate(_batches(len(windows), shuffled)).tolist()
+            loader = torch.utils.data.DataLoader(
+                windows, batch_size=16, sampler=sampler, collate_fn=collate_windows
+            )
+            for _ in loader:
+                pass
+
+        return go
+
+    def sliced(u: Any, v: Any, shuffled: bool = False):
+        def go() -> None:
+            for picks in _batches(n_traj * starts, shuffled):
+                frames = np.stack(
+                    [
+                        np.stack([u[i // starts, i % starts : i % starts + span],
+                                  v[i // starts, i % starts : i % starts + span]], 1)
+                        for i in picks
+                    ]
+                )  # fmt: skip
+                batch = torch.from_numpy(frames)
+                batch[:, :IN_STEPS], batch[:, IN_STEPS:]
+
+        return go
+
+    def batcher(ds: xr.Dataset):
+        def go() -> None:
+            gen = xbatcher.BatchGenerator(
+                ds[["u", "v"]],
+                input_dims={"trajectory": 1, "time": span, "y": ds.sizes["y"], "x": ds.sizes["x"]},
+                input_overlap={"time": span - 1},
+            )
+            for b in gen:
+                torch.from_numpy(np.stack([b["u"].values, b["v"].values], axis=-3))
+
+        return go
+
+    memory = {
+        "package": package(loaded),
+        "numpy": sliced(loaded["u"].values, loaded["v"].values),
+        "xbatcher": batcher(loaded),
+    }
+    out_of_core = {
+        "package": package(lazy),
+        "zarr": sliced(group["u"], group["v"]),
+        "xbatcher": batcher(xr.open_zarr(path)),
+    }
+    shuffled = {
+        "package": package(lazy, shuffled=True),
+        "zarr": sliced(group["u"], group["v"], shuffled=True),
+    }
+    return {
+        "in memory": interleave(memory, rounds),
+        "zarr, in order": interleave(out_of_core, rounds),
+        "zarr, shuffled": interleave(shuffled, rounds),
+    }
 
 
 def run(quick: bool = False) -> str:
@@ -267,25 +351,28 @@ def run(quick: bool = False) -> str:
     Parameters
     ----------
     quick : bool
-        Tiny stores, workers 0 and 1, memory traced in this process (seconds).
+        A smoke run: tiny stores, one round, memory traced in this process (seconds).
 
     Returns
     -------
     str
-        Markdown: the stores, a throughput table per worker count, a memory table for the
-        three readers side by side with ratios, the machine and the command to rerun.
+        Markdown: the stores, the throughput table (package / peer ratios), the memory
+        table for the three readers side by side, the machine and the command to rerun.
     """
+    import torch
+
+    from physforecast.threads import auto_threads
+
+    threads = auto_threads()
+    torch.set_num_threads(threads)
     if quick:
-        n_traj, n_time, size, workers, factor = 2, 10, 8, (0, 1), 2
+        n_traj, n_time, size, factor, rounds = 2, 10, 8, 2, 1
     else:
-        n_traj, n_time, size, workers, factor = 8, 40, 64, (0, 1, 2), 10
+        n_traj, n_time, size, factor, rounds = 16, 40, 64, 10, 5
     with tempfile.TemporaryDirectory(prefix="pf-bench-data-") as tmp:
         small = make_store(Path(tmp) / "default.zarr", n_traj, n_time, size)
         large = make_store(Path(tmp) / "large.zarr", n_traj * factor, n_time, size, seed=1)
-        rows = []
-        for w in workers:
-            samples, seconds, first = _windows(small, w, 16)
-            rows.append((w, samples, seconds, first))
+        speed = throughput(small, rounds, n_traj, n_time)
         memory = {}
         for method in METHODS:
             if quick:
@@ -294,25 +381,34 @@ def run(quick: bool = False) -> str:
                 memory[method] = _measure_in_subprocess(method, large)
         small_mb, large_mb = _store_mb(small), _store_mb(large)
     span = IN_STEPS + OUT_STEPS
+    n_windows = n_traj * (n_time - span + 1)
     lines = [
         "# Data loading benchmark",
         "",
+        *smoke_note(quick),
         f"Windows of T_in={IN_STEPS}, T_out={OUT_STEPS} frames of two float32 fields (u, v) "
         f"on a {size}x{size} grid, stride 1, from zarr stores chunked by one trajectory x "
         f"10 frames. Default store: {n_traj} trajectories x {n_time} frames ({small_mb:.1f} MB "
-        f"on disk); large store: {n_traj * factor} trajectories ({large_mb:.1f} MB).",
+        f"on disk, {n_windows} windows); large store: {n_traj * factor} trajectories "
+        f"({large_mb:.1f} MB).",
         "",
-        "## Throughput: ForecastWindows + DataLoader (batch 16), default store",
+        "## Throughput: every window once, batches of 16",
         "",
-        "| workers | windows | seconds | windows/s | first batch (s) | vs 0 workers |",
-        "|---:|---:|---:|---:|---:|---:|",
+        f"{rounds} interleaved rounds after a warm-up of each contender; seconds per pass are "
+        "medians (min-max over rounds); ratios are package / peer per round, median (range): "
+        "below 1 the package is faster.",
+        "",
+        "| data | contender | seconds | windows/s | package / contender |",
+        "|---|---|---:|---:|---:|",
     ]
-    base = rows[0][1] / rows[0][2]
-    for w, samples, seconds, first in rows:
-        rate = samples / seconds
-        lines.append(
-            f"| {w} | {samples} | {seconds:.2f} | {rate:.0f} | {first:.2f} | {rate / base:.2f}x |"
-        )
+    for where, times in speed.items():
+        for name, t in times.items():
+            ratio = "" if name == "package" else ratio_cell(times["package"], t)
+            label = "physforecast ForecastWindows + DataLoader" if name == "package" else name
+            lines.append(
+                f"| {where} | {label} | {median(t):.3f} ({spread(t)}) | "
+                f"{n_windows / median(t):.0f} | {ratio} |"
+            )
     how = "tracemalloc peak in this process" if quick else "peak RSS gain, one subprocess each"
     lines += [
         "",
@@ -320,8 +416,8 @@ def run(quick: bool = False) -> str:
         "",
         f"Memory is the {how}; a reader that loaded the store would need at least its size.",
         "",
-        "| reader | windows | seconds | windows/s | peak memory (MB) | speed vs isel | memory vs isel |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| reader | windows | seconds | windows/s | peak memory (MB) | memory / isel |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     key = "traced_peak_mb" if quick else "rss_peak_gain_mb"
     ref = memory["isel"]
@@ -333,11 +429,10 @@ def run(quick: bool = False) -> str:
     for method in METHODS:
         m = memory[method]
         rate = m["samples"] / m["seconds"]
-        speed = rate / (ref["samples"] / ref["seconds"])
         mem = m[key] / ref[key] if ref[key] > 0 else float("nan")
         lines.append(
             f"| {names[method]} | {m['samples']} | {m['seconds']:.2f} | {rate:.0f} | "
-            f"{m[key]:.1f} | {speed:.2f}x | {mem:.2f}x |"
+            f"{m[key]:.1f} | {mem:.2f}x |"
         )
     if not quick and not all(m.get("rss_peak_reset") for m in memory.values()):
         lines += ["", "Peak RSS could not be reset here: the numbers include the imports."]
@@ -346,8 +441,8 @@ def run(quick: bool = False) -> str:
         f"Each window is {span} frames x 2 fields x {size}x{size} float32 = "
         f"{span * 2 * size * size * 4 / 2**20:.2f} MB.",
         "",
-        f"Machine: {_machine()}.",
+        f"Machine: {machine(threads)}; xarray, zarr, dask, xbatcher: {_versions()}.",
         "",
-        "Rerun: `physforecast bench data`" + (" (this was the quick variant)" if quick else ""),
+        "Rerun: `physforecast bench data" + (" --quick`" if quick else "`"),
     ]
     return "\n".join(lines) + "\n"

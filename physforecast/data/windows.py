@@ -18,13 +18,17 @@ own handle.
 
 from __future__ import annotations
 
+import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from collections.abc import Sequence as SequenceABC
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from physforecast.errors import DataFormatError, WindowsTooShortError
 
@@ -32,13 +36,20 @@ from .integrity import check_frames
 from .layout import ChannelLayout
 from .normalization import Normalizer
 
-__all__ = ["ForecastWindows", "split_indices", "worker_init"]
+__all__ = [
+    "ForecastWindows",
+    "WindowBatch",
+    "collate_windows",
+    "split_indices",
+    "worker_init",
+]
 
 
-def _check_time(ds: xr.Dataset, needed: int) -> None:
+def _check_time(ds: xr.Dataset, needed: int, index: np.ndarray | None = None) -> None:
+    """Refuse a dataset (or the time steps ``index`` of it) too short for a window."""
     if "time" not in ds.dims:
         raise DataFormatError(f"dataset has no 'time' dim; dims are {tuple(ds.dims)}")
-    n = ds.sizes["time"]
+    n = ds.sizes["time"] if index is None else len(index)
     if n < needed:
         raise WindowsTooShortError(
             f"windows need in_steps + out_steps = {needed} time steps; the dataset has {n} "
@@ -47,6 +58,8 @@ def _check_time(ds: xr.Dataset, needed: int) -> None:
         )
     if "time" in ds.coords:
         t = ds["time"].values
+        if index is not None:
+            t = t[index]
         if t.size > 1:
             diffs = np.diff(t)
             if not (diffs > diffs.dtype.type(0)).all():
@@ -97,8 +110,195 @@ def split_indices(
     ]
 
 
+class _BlockCache:
+    """A least-recently-used cache of decoded blocks, bounded in bytes (one per process)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def peek(self, key: tuple) -> np.ndarray | None:
+        """The block of ``key`` (now the most recently used), or None."""
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return item
+
+    def put(self, key: tuple, item: np.ndarray) -> None:
+        """Keep ``item``; the least recently used blocks go while over the budget."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
+        self._items[key] = item
+        self.nbytes += item.nbytes
+        while self.nbytes > self.max_bytes and len(self._items) > 1:
+            _, dropped = self._items.popitem(last=False)
+            self.nbytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
+
+def _edges(chunks: Sequence[int] | None, n: int, default: int) -> np.ndarray:
+    """Edges of the stored chunks along a dim of length ``n`` (blocks of ``default``
+    entries when the storage says nothing)."""
+    sizes = [int(c) for c in chunks] if chunks else []
+    if not sizes:
+        step = max(1, int(default))
+        sizes = [step] * (n // step) + ([n % step] if n % step else [])
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+class _VariableReader:
+    """Frames of one variable as ``(time, c, H, W)``: a numpy view when the variable is in
+    memory; otherwise the stored chunks a window needs, read in one call (the chunks
+    not yet in this process's cache) and kept in the cache for the next windows."""
+
+    def __init__(
+        self,
+        name: str,
+        var: xr.Variable,
+        extra: Sequence[str],
+        spatial: Sequence[str],
+        span: int,
+        cache: _BlockCache,
+    ) -> None:
+        lead = [d for d in ("trajectory", "time") if d in var.dims]
+        var = var.transpose(*lead, *extra, *spatial)
+        self.name = name
+        self.has_traj = "trajectory" in var.dims
+        self.grid = tuple(int(var.sizes[d]) for d in spatial)
+        self.width = math.prod(int(var.sizes[d]) for d in extra)
+        self.cache = cache
+        data = getattr(var, "_data", None)
+        self.array = data if isinstance(data, np.ndarray) else None
+        self.var = var
+        self._finite: bool | None = None
+        if self.array is not None:
+            return
+        self.is_dask = var.chunks is not None
+        chunks = dict(var.chunksizes) if self.is_dask else {}
+        preferred = var.encoding.get("preferred_chunks") or {}
+
+        def along(dim: str, default: int) -> np.ndarray:
+            n = int(var.sizes[dim])
+            c = chunks.get(dim)
+            if c is None and dim in preferred:
+                return _edges(None, n, int(preferred[dim]))
+            return _edges(c, n, default)
+
+        self.time_edges = along("time", span)
+        self.traj_edges = along("trajectory", 1) if self.has_traj else None
+        self.frame_bytes = self.width * math.prod(self.grid) * var.dtype.itemsize
+
+    @property
+    def all_finite(self) -> bool:
+        """Whether every value of an in-memory variable is finite (checked once, in slabs
+        along its first dim); False for a lazy one (its windows are checked as read)."""
+        if self._finite is None:
+            a = self.array
+            self._finite = a is not None and all(
+                bool(np.isfinite(a[i : i + 8]).all()) for i in range(0, max(len(a), 1), 8)
+            )
+        return self._finite
+
+    def _load(self, region: dict[str, slice]) -> np.ndarray:
+        sub = self.var.isel(region)
+        if self.is_dask:
+            return np.asarray(sub.data.compute(scheduler="synchronous"))
+        return np.asarray(sub.values)
+
+    def read(self, traj: int, times: np.ndarray, contiguous: bool) -> np.ndarray:
+        """Frames ``times`` of trajectory ``traj`` (absolute indices): (T, c, H, W)."""
+        shape = (len(times), self.width, *self.grid)
+        if self.array is not None:
+            t = slice(int(times[0]), int(times[-1]) + 1) if contiguous else times
+            block = self.array[traj, t] if self.has_traj else self.array[t]
+            return block.reshape(shape)
+        edges = self.time_edges
+        ids = np.searchsorted(edges, times, side="right") - 1
+        wanted = [int(i) for i in np.unique(ids)]
+        region, row, prefix = self._rows(traj, int(edges[wanted[-1] + 1] - edges[wanted[0]]))
+        got: dict[int, np.ndarray] = {}
+        missing = []
+        for i in wanted:
+            block = self.cache.peek((*prefix, i))
+            if block is None:
+                missing.append(i)
+            else:
+                got[i] = block
+        if missing:  # one read for the chunks this window still lacks
+            lo, hi = int(edges[missing[0]]), int(edges[missing[-1] + 1])
+            data = self._load({**region, "time": slice(lo, hi)})
+            for i in range(missing[0], missing[-1] + 1):
+                piece = (
+                    data[:, edges[i] - lo : edges[i + 1] - lo]
+                    if region
+                    else data[edges[i] - lo : edges[i + 1] - lo][None]
+                )
+                if piece.shape[0] > 1:
+                    piece = piece.copy()  # its own memory, so the cache's bytes are exact
+                self.cache.put((*prefix, i), piece)
+                if i in wanted:
+                    got.setdefault(i, piece)
+        pieces = [got[i][row, times[ids == i] - edges[i]] for i in wanted]
+        out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return out.reshape(shape)
+
+    def _rows(self, traj: int, frames: int) -> tuple[dict[str, slice], int, tuple]:
+        """The trajectories read with ``traj``: its whole stored chunk when a time chunk
+        of it fits the cache comfortably, else ``traj`` alone; (region, row of ``traj``
+        in the block, cache key prefix)."""
+        if not self.has_traj:
+            return {}, 0, (self.name,)
+        j = int(np.searchsorted(self.traj_edges, traj, side="right") - 1)
+        a, b = int(self.traj_edges[j]), int(self.traj_edges[j + 1])
+        if (b - a) * frames * self.frame_bytes <= self.cache.max_bytes // 4:
+            return {"trajectory": slice(a, b)}, traj - a, (self.name, "chunk", j)
+        return {"trajectory": slice(traj, traj + 1)}, 0, (self.name, "one", traj)
+
+
+class WindowBatch(SequenceABC):
+    """What :meth:`ForecastWindows.__getitems__` returns: the windows as a sequence of
+    sample dicts (so torch's default collation still works) that also holds them
+    already batched (``batched``), which :func:`collate_windows` returns without copying."""
+
+    def __init__(self, batched: dict[str, torch.Tensor]) -> None:
+        self.batched = batched
+
+    def __len__(self) -> int:
+        return int(self.batched["x"].shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for a batch of {len(self)}")
+        return {k: v[i] for k, v in self.batched.items()}
+
+
+def collate_windows(batch: Any) -> Any:
+    """DataLoader ``collate_fn`` for :class:`ForecastWindows`: a :class:`WindowBatch` as
+    its batched dict, anything else through torch's ``default_collate``."""
+    if isinstance(batch, WindowBatch):
+        return batch.batched
+    return default_collate(batch)
+
+
 class ForecastWindows(Dataset):
     """Windows of (history, future) frames from an ``xr.Dataset``.
+
+    The windows are resolved once into an index table of (trajectory, start) pairs. A
+    window of a dataset in memory is a numpy slice of its variables; a lazy (zarr,
+    netCDF) dataset is read in blocks aligned with its chunks, kept in a small
+    least-recently-used cache per process (each DataLoader worker has its own), so
+    neighbouring windows do not decode the same chunk twice. Batches are read and
+    normalized together (:meth:`__getitems__`, :func:`collate_windows`).
 
     Parameters
     ----------
@@ -121,6 +321,8 @@ class ForecastWindows(Dataset):
         Zero-argument function reopening ``ds`` (e.g. ``lambda: xr.open_zarr(path)``);
         used so that each DataLoader worker opens its own handle. Defaults to the
         dataset's source file when it has one.
+    cache_mb : float
+        Size of the per-process cache of decoded blocks of a lazy dataset.
     """
 
     def __init__(
@@ -135,6 +337,7 @@ class ForecastWindows(Dataset):
         params: Sequence[str] | None = None,
         normalizer: Normalizer | None = None,
         opener: Callable[[], xr.Dataset] | None = None,
+        cache_mb: float = 64.0,
     ) -> None:
         if in_steps < 1 or out_steps < 1 or stride < 1:
             raise ValueError(
@@ -152,20 +355,47 @@ class ForecastWindows(Dataset):
         self.selection = dict(selection or {})
         self.normalizer = normalizer
         self.is_simulation = "trajectory" in ds.dims
-        sub = ds.isel(self.selection) if self.selection else ds
-        _check_time(sub, self.in_steps + self.out_steps)
+        self.cache_mb = float(cache_mb)
+        other = {k: v for k, v in self.selection.items() if k not in ("trajectory", "time")}
+        self._other = other
+        base = ds.isel(other) if other else ds
+        everything = np.arange(base.sizes.get("time", 0))
+        picked = self.selection.get("time")
+        self._time_index = np.atleast_1d(
+            everything[picked] if picked is not None else everything
+        ).astype(np.int64)
+        _check_time(base, self.in_steps + self.out_steps, self._time_index)
+        self._contiguous = bool(np.all(np.diff(self._time_index) == 1))
+        if self.is_simulation:
+            picked = self.selection.get("trajectory")
+            everything = np.arange(base.sizes["trajectory"])
+            self._traj_index = np.atleast_1d(
+                everything[picked] if picked is not None else everything
+            ).astype(np.int64)
+        else:
+            self._traj_index = np.zeros(1, dtype=np.int64)
         self.spatial = self.layout.spatial
-        self.n_traj = sub.sizes["trajectory"] if self.is_simulation else 1
-        self.n_time = sub.sizes["time"]
+        self.n_traj = len(self._traj_index)
+        self.n_time = len(self._time_index)
         span = self.in_steps + self.out_steps
         self.starts = np.arange(0, self.n_time - span + 1, self.stride)
+        #: (window, 2) table: trajectory position within the split, start within the split
+        self.index = np.stack(
+            [
+                np.repeat(np.arange(self.n_traj, dtype=np.int64), len(self.starts)),
+                np.tile(self.starts.astype(np.int64), self.n_traj),
+            ],
+            axis=1,
+        )
         self.shape = self.layout.shape
         self._opener = opener or _default_opener(ds)
         self._ds: xr.Dataset | None = ds
         self._pid = os.getpid()  # the process whose file handles self._ds holds
-        self.mask = self._static_mask(sub)
+        self._readers: list[_VariableReader] | None = None
+        self._cache: _BlockCache | None = None
+        self.mask = self._static_mask(base)
         self.channels = int(self.mask.shape[0])
-        self._param_values = self._read_params(sub)
+        self._param_values = self._read_params(base)
 
     # -- reading ------------------------------------------------------------------
     @property
@@ -175,74 +405,158 @@ class ForecastWindows(Dataset):
         A DataLoader worker started by ``fork`` inherits the parent's open file handles; the
         netCDF library shares their position and fails (``Resource temporarily
         unavailable``) when two processes read through one, so a forked process reopens
-        its own handle when it can, and reads with dask's synchronous scheduler.
+        its own handle when it can (and its own readers and cache), and reads with dask's
+        synchronous scheduler.
         """
         forked = self._pid != os.getpid()
         if forked:
             worker_init(0)  # the inherited dask thread pool has no threads in this process
             self._pid = os.getpid()
-        if self._ds is None or (forked and self._opener is not None):
+            if self._opener is not None:
+                self._ds = None
+                self._readers = self._cache = None
+        if self._ds is None:
             self._ds = self._opener()
         return self._ds
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state["_readers"] = state["_cache"] = None  # each process builds its own
         if state["_opener"] is not None:
             state["_ds"] = None  # each worker reopens its own handle
         return state
+
+    @property
+    def cache(self) -> _BlockCache:
+        """This process's cache of decoded blocks (lazy datasets only fill it)."""
+        if self._cache is None:
+            self._cache = _BlockCache(int(self.cache_mb * 2**20))
+        return self._cache
+
+    def _variable_readers(self) -> list[_VariableReader]:
+        ds = self.ds  # first: in a forked process it drops the parent's readers
+        if self._readers is None:
+            ds = ds.isel(self._other) if self._other else ds
+            span = self.in_steps + self.out_steps
+            self._readers = [
+                _VariableReader(
+                    name, ds[name].variable, [d for d, _ in extra], self.spatial, span, self.cache
+                )
+                for name, extra in zip(self.variables, self.layout.extra)
+            ]
+        return self._readers
 
     def _frames(self, sub: xr.Dataset) -> np.ndarray:
         """Stack the variables of ``sub`` (time, ..., H, W) into (time, C, H, W) float32."""
         return self.layout.stack(sub, ("time",))
 
-    def _static_mask(self, sub: xr.Dataset) -> torch.Tensor:
-        first = sub.isel(trajectory=0, time=[0]) if self.is_simulation else sub.isel(time=[0])
+    def _static_mask(self, base: xr.Dataset) -> torch.Tensor:
+        t0 = [int(self._time_index[0])]
+        if self.is_simulation:
+            first = base.isel(trajectory=int(self._traj_index[0]), time=t0)
+        else:
+            first = base.isel(time=t0)
         for name in self.variables:
             if not np.isfinite(np.asarray(first[name].values)).any():
                 raise ValueError(f"variable {name!r} is all NaN in its first frame")
         return torch.from_numpy(np.isfinite(self._frames(first)[0]))
 
-    def _read_params(self, sub: xr.Dataset) -> np.ndarray:
+    def _read_params(self, base: xr.Dataset) -> np.ndarray:
         if not self.params:
             return np.zeros((self.n_traj, 0), dtype=np.float64)
         cols = []
         for name in self.params:
-            v = np.asarray(sub[name].values, dtype=np.float64)
+            da = base[name]
+            if self.is_simulation and "trajectory" in da.dims:
+                da = da.isel(trajectory=self._traj_index)
+            v = np.asarray(da.values, dtype=np.float64)
             if v.ndim == 0:
                 v = np.full(self.n_traj, float(v))
             cols.append(v.reshape(self.n_traj))
         return np.stack(cols, axis=1)
 
+    def read_frames(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw frames of windows ``indices``: history (B, T_in, C, H, W) and future
+        (B, T_out, C, H, W), float32, each window's slices copied once into them."""
+        span = self.in_steps + self.out_steps
+        n_in = self.in_steps
+        x = np.empty((len(indices), n_in, self.channels, *self.shape), dtype=np.float32)
+        y = np.empty((len(indices), self.out_steps, self.channels, *self.shape), dtype=np.float32)
+        readers = self._variable_readers()
+        table, trajs, times_of = self.index, self._traj_index, self._time_index
+        contiguous = self._contiguous
+        for b, index in enumerate(indices):
+            traj, t0 = table[index]
+            times = times_of[t0 : t0 + span]
+            absolute = int(trajs[traj])
+            c = 0
+            for reader in readers:
+                block = reader.read(absolute, times, contiguous)
+                x[b, :, c : c + reader.width] = block[:n_in]
+                y[b, :, c : c + reader.width] = block[n_in:]
+                c += reader.width
+        return x, y
+
     # -- Dataset protocol ---------------------------------------------------------
     def __len__(self) -> int:
-        return self.n_traj * len(self.starts)
+        return len(self.index)
 
     def locate(self, index: int) -> tuple[int, int]:
         """(trajectory position within the split, first time index within the split) of a window."""
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
-        return index // len(self.starts), int(self.starts[index % len(self.starts)])
+        traj, t0 = self.index[index]
+        return int(traj), int(t0)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        traj, t0 = self.locate(index)
-        sub = self.ds.isel(self.selection) if self.selection else self.ds
-        if self.is_simulation:
-            sub = sub.isel(trajectory=traj)
-        frames = torch.from_numpy(
-            self._frames(sub.isel(time=slice(t0, t0 + self.in_steps + self.out_steps)))
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Windows ``indices`` read, checked and normalized together.
+
+        Returns
+        -------
+        dict
+            ``x`` (B, T_in, C, H, W), ``y`` (B, T_out, C, H, W), ``params`` (B, P),
+            ``mask`` (B, C, H, W): the samples of :meth:`__getitem__`, stacked.
+        """
+        indices = [int(i) for i in indices]
+        for i in indices:
+            if not 0 <= i < len(self):
+                raise IndexError(f"window {i} out of range for {len(self)} windows")
+        raw_x, raw_y = self.read_frames(indices)
+        x, y = torch.from_numpy(raw_x), torch.from_numpy(raw_y)
+        n = len(indices)
+        masks = self.mask.unsqueeze(0).expand(n, *self.mask.shape)
+        finite = all(r.all_finite for r in self._variable_readers()) or bool(
+            np.isfinite(raw_x).all() and np.isfinite(raw_y).all()
         )
-        frames, mask = check_frames(self, frames, traj, t0)  # NaN where valid: an error
+        if not finite:
+            bad = (~torch.isfinite(torch.cat([x, y], 1)) & self.mask).flatten(1).any(1)
+            if bool(bad.any()):
+                masks = masks.clone()
+                for b in torch.nonzero(bad).flatten().tolist():
+                    traj, t0 = self.locate(indices[b])
+                    frames = torch.cat([x[b], y[b]])
+                    _, masks[b] = check_frames(self, frames, traj, t0)  # NaN where valid
+        traj = self.index[indices, 0] if n else np.zeros(0, dtype=np.int64)
         params = torch.from_numpy(self._param_values[traj])
         if self.normalizer is not None:
-            frames = self.normalizer.normalize(frames)
+            x, y = self.normalizer.normalize(x), self.normalizer.normalize(y)
             params = self.normalizer.normalize_params(params)
-        frames = torch.nan_to_num(frames, nan=0.0, posinf=0.0, neginf=0.0)
-        return {
-            "x": frames[: self.in_steps].float(),
-            "y": frames[self.in_steps :].float(),
-            "params": params.float(),
-            "mask": mask,
-        }
+        if not finite or self.normalizer is not None:
+            for t in (x, y):
+                torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
+        return {"x": x.float(), "y": y.float(), "params": params.float(), "mask": masks}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not isinstance(index, int | np.integer):
+            raise TypeError(f"window index must be an integer; got {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"window {index} out of range for {len(self)} windows")
+        one = self.batch([int(index) % len(self)])
+        return {k: v[0] for k, v in one.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
+        """Windows ``indices`` at once (torch's DataLoader calls this for a batch)."""
+        return WindowBatch(self.batch(indices))
 
     def __repr__(self) -> str:
         return (

@@ -154,15 +154,34 @@ def _history(
     init: np.ndarray,
     in_steps: int,
 ) -> np.ndarray:
-    """Read the input frames of a batch, (B, T_in, C, H, W) float32, in one compute."""
+    """Read the input frames of a batch, (B, T_in, C, H, W) float32, in one compute.
+
+    The frames the batch needs of the trajectories it needs are read as one orthogonal
+    block (a lazy store: chunk by chunk, once, in one compute; in memory: one slice), and
+    each sample's frames are picked from it with numpy. When that block would be much
+    larger than the frames themselves (every sample at another time), the frames are
+    gathered point by point by xarray instead.
+    """
     offsets = np.arange(-in_steps + 1, 1)
-    indexers: dict[str, xr.DataArray] = {
-        "time": xr.DataArray(init[:, None] + offsets[None, :], dims=("sample", "step"))
-    }
+    times = init[:, None] + offsets[None, :]
+    sub = ds[layout.variables]
+    frames = np.unique(times)
+    rows = np.unique(traj) if traj is not None else None
+    if frames.size * (1 if rows is None else rows.size) <= 4 * times.size:
+        block: dict[str, np.ndarray] = {"time": frames}
+        lead = ("time",)
+        if rows is not None:
+            block["trajectory"] = rows
+            lead = ("trajectory", "time")
+        values = layout.stack(sub.isel(block).compute(), lead)
+        at = np.searchsorted(frames, times)
+        if rows is None:
+            return np.ascontiguousarray(values[at])
+        return np.ascontiguousarray(values[np.searchsorted(rows, traj)[:, None], at])
+    indexers: dict[str, xr.DataArray] = {"time": xr.DataArray(times, dims=("sample", "step"))}
     if traj is not None:
         indexers["trajectory"] = xr.DataArray(traj, dims="sample")
-    sub = ds[layout.variables].isel(indexers).compute()
-    return layout.stack(sub, ("sample", "step"))
+    return layout.stack(sub.isel(indexers).compute(), ("sample", "step"))
 
 
 def _autoregress(
@@ -328,9 +347,9 @@ def rollout(
         sl = slice(start, min(start + batch_size, n))
         x = torch.from_numpy(
             _history(ds, layout, traj[sl] if traj is not None else None, init_pos[sl], fc.in_steps)
-        ).double()
+        )  # float32 throughout, as in training and evaluation (forecast_windows)
         valid = torch.isfinite(x[:, -1])
-        z = torch.nan_to_num(normalizer.normalize(x), nan=0.0, posinf=0.0, neginf=0.0).float()
+        z = torch.nan_to_num(normalizer.normalize(x), nan=0.0, posinf=0.0, neginf=0.0)
         cond = None
         if cond_names:
             p = np.stack([params[k][sl] for k in cond_names], 1).astype(np.float64)
@@ -345,8 +364,8 @@ def rollout(
             on_blowup,
             lambda i, s=start: describe(s + i),
         )
-        y = normalizer.denormalize(y.double()).masked_fill(~valid[:, None], float("nan"))
-        out[sl] = y.float().numpy()
+        y = normalizer.denormalize(y).masked_fill_(~valid[:, None], float("nan"))
+        out[sl] = y.numpy()
         first_bad[sl] = bad.numpy()
     blown = np.flatnonzero(first_bad >= 0)
     if blown.size:

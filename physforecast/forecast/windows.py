@@ -1,6 +1,16 @@
-"""Forecast every window of a split and pair it with its truth (the evaluation path)."""
+"""Forecast the windows of a split and pair them with their truth (the evaluation path).
+
+:func:`iter_forecast_windows` yields the forecast and truth chunk by chunk of samples, so
+a split of any size is forecast, scored and written with the memory of one chunk;
+:func:`forecast_windows` returns them all at once. :class:`SampleAppender` writes such
+chunks one after another into one netCDF file.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,14 +20,96 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from physforecast.data.normalization import Normalizer
-from physforecast.data.windows import ForecastWindows
+from physforecast.data.windows import ForecastWindows, collate_windows
 
 from .dataset import declared_parameters, forecast_dataset, sample_parameters
 
-__all__ = ["forecast_windows", "ensemble_members"]
+__all__ = ["forecast_windows", "iter_forecast_windows", "ensemble_members", "SampleAppender"]
 
 
 @torch.no_grad()
+def iter_forecast_windows(
+    model: nn.Module,
+    windows: ForecastWindows,
+    normalizer: Normalizer,
+    *,
+    chunk: int = 256,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Iterator[tuple[xr.Dataset, xr.Dataset]]:
+    """Forecast the windows of ``windows`` in chunks of ``chunk`` samples.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``(x, cond)`` (B, T_in, C, H, W) to (B, T_out, C, H, W), in normalized units.
+    windows : ForecastWindows
+        The windows to forecast (a test split, say).
+    normalizer : Normalizer
+        Undoes the normalization of the model's output.
+    chunk : int
+        Samples per yielded pair (rounded up to whole batches, so the model sees the
+        same batches whatever the chunk); only one chunk is held in memory at a time.
+    batch_size : int
+        Windows per model call.
+    device : str or torch.device
+        Where the model runs.
+    progress : bool
+        Show a progress bar.
+
+    Yields
+    ------
+    (xr.Dataset, xr.Dataset)
+        Forecast and truth of the next ``chunk`` windows, as :func:`forecast_windows`
+        returns them; ``sample`` numbers the windows of the whole split.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    chunk = -(-chunk // batch_size) * batch_size
+    model.eval()
+    device = torch.device(device)
+    model.to(device)
+    cond_dim = getattr(model, "cond_dim", 0)
+    members = ensemble_members(model)
+    if members > 1:
+        model.reseed()  # the same members on every evaluation
+    mask = windows.mask
+    bar = tqdm(total=len(windows), desc="forecast", leave=False, disable=not progress)
+    for start in range(0, len(windows), chunk):
+        indices = range(start, min(start + chunk, len(windows)))
+        preds, truths = [], []
+        loader = DataLoader(
+            windows, batch_size=batch_size, sampler=indices, collate_fn=collate_windows
+        )
+        for batch in loader:
+            x = batch["x"].to(device)
+            cond = batch["params"].to(device) if cond_dim else None
+            out = model.sample(x, cond) if members > 1 else model(x, cond)
+            preds.append(normalizer.denormalize(out.float().cpu()))
+            truths.append(normalizer.denormalize(batch["y"]))
+            bar.update(len(x))
+        pred = torch.cat(preds).masked_fill(~mask, float("nan")).numpy()
+        true = torch.cat(truths).masked_fill(~mask, float("nan")).numpy()
+        truth = _as_dataset(true, windows, indices)
+        if members > 1:  # (S, M, T, C, H, W): one forecast Dataset per member, along "member"
+            parts = [_as_dataset(pred[:, m], windows, indices) for m in range(pred.shape[1])]
+            fields = list(windows.layout.variables)
+            forecast = xr.concat(parts, dim="member", data_vars=fields, coords="minimal")
+            yield forecast.assign_coords(member=np.arange(pred.shape[1])), truth
+        else:
+            yield _as_dataset(pred, windows, indices), truth
+    bar.close()
+
+
+def ensemble_members(model: nn.Module) -> int:
+    """Members a stochastic model (``stochastic = True``, ``members``, ``sample(x, cond)``
+    returning (B, M, T_out, C, H, W), ``reseed()``) forecasts; 1 for any other model."""
+    if not getattr(model, "stochastic", False):
+        return 1
+    return int(getattr(model, "members", 1) or 1)
+
+
 def forecast_windows(
     model: nn.Module,
     windows: ForecastWindows,
@@ -53,56 +145,34 @@ def forecast_windows(
         with ``members > 1`` (:func:`ensemble_members`) gives a forecast with a ``member``
         dim, which the scorecard scores as an ensemble.
     """
-    model.eval()
-    device = torch.device(device)
-    model.to(device)
-    cond_dim = getattr(model, "cond_dim", 0)
-    members = ensemble_members(model)
-    if members > 1:
-        model.reseed()  # the same members on every evaluation
-    preds, truths = [], []
-    loader = DataLoader(windows, batch_size=batch_size, shuffle=False)
-    for batch in tqdm(loader, desc="forecast", leave=False, disable=not progress):
-        x = batch["x"].to(device)
-        cond = batch["params"].to(device) if cond_dim else None
-        out = model.sample(x, cond) if members > 1 else model(x, cond)
-        preds.append(normalizer.denormalize(out.float().cpu()))
-        truths.append(normalizer.denormalize(batch["y"]))
-    mask = windows.mask
-    pred = torch.cat(preds).masked_fill(~mask, float("nan")).numpy()
-    true = torch.cat(truths).masked_fill(~mask, float("nan")).numpy()
-    if members > 1:  # (S, M, T, C, H, W): one forecast Dataset per member, along "member"
-        parts = [_as_dataset(pred[:, m], windows) for m in range(pred.shape[1])]
-        fields = list(windows.layout.variables)
-        forecast = xr.concat(parts, dim="member", data_vars=fields, coords="minimal")
-        forecast = forecast.assign_coords(member=np.arange(pred.shape[1]))
-        return forecast, _as_dataset(true, windows)
-    return _as_dataset(pred, windows), _as_dataset(true, windows)
+    pairs = iter_forecast_windows(
+        model,
+        windows,
+        normalizer,
+        chunk=max(1, len(windows)),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    return next(iter(pairs))
 
 
-def ensemble_members(model: nn.Module) -> int:
-    """Members a stochastic model (``stochastic = True``, ``members``, ``sample(x, cond)``
-    returning (B, M, T_out, C, H, W), ``reseed()``) forecasts; 1 for any other model."""
-    if not getattr(model, "stochastic", False):
-        return 1
-    return int(getattr(model, "members", 1) or 1)
-
-
-def _as_dataset(values: np.ndarray, windows: ForecastWindows) -> xr.Dataset:
-    """(S, T_out, C, H, W) -> the forecast Dataset of the windows' samples."""
+def _as_dataset(values: np.ndarray, windows: ForecastWindows, indices: range) -> xr.Dataset:
+    """(S, T_out, C, H, W) of the windows ``indices`` -> their forecast Dataset."""
     ds = windows.ds
     n = values.shape[0]
-    locs = [windows.locate(i) for i in range(n)]
+    table = windows.index[np.asarray(indices, dtype=np.int64)]
     traj = None
     if windows.is_simulation:
         sel = windows.selection.get("trajectory")
-        traj = np.asarray([int(np.asarray(sel)[t]) if sel is not None else t for t, _ in locs])
+        picked = table[:, 0]
+        traj = np.asarray(sel)[picked].astype(np.int64) if sel is not None else picked
     offset = 0
     if not windows.is_simulation and isinstance(windows.selection.get("time"), slice):
         offset = windows.selection["time"].start or 0
-    init_index = np.asarray([t0 + windows.in_steps - 1 + offset for _, t0 in locs])
+    init_index = table[:, 1] + windows.in_steps - 1 + offset
     names = list(dict.fromkeys([*windows.params, *declared_parameters(ds)]))
-    return forecast_dataset(
+    out = forecast_dataset(
         values,
         layout=windows.layout,
         source=ds,
@@ -110,3 +180,59 @@ def _as_dataset(values: np.ndarray, windows: ForecastWindows) -> xr.Dataset:
         trajectory=traj,
         params=sample_parameters(ds, names, traj, n),
     )
+    return out.assign_coords(sample=np.arange(indices.start, indices.start + n))
+
+
+class SampleAppender:
+    """Write forecast chunks one after another into one netCDF file along ``sample``.
+
+    The first chunk is written by xarray (with ``sample`` unlimited), so the file has
+    xarray's encoding; later chunks are encoded the same way (the units of the times
+    already in the file) and appended through netCDF4.
+
+    Parameters
+    ----------
+    path : path
+        The file to write (a new one).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.samples = 0
+        self._nc = None
+
+    def append(self, ds: xr.Dataset) -> None:
+        """Append the samples of ``ds`` (a chunk with the first one's variables)."""
+        n = int(ds.sizes["sample"])
+        if self._nc is None:
+            ds.to_netcdf(self.path, engine="netcdf4", unlimited_dims=["sample"])
+            import netCDF4
+
+            self._nc = netCDF4.Dataset(self.path, "a")
+            self.samples = n
+            return
+        for name, var in ds.variables.items():
+            if "sample" not in var.dims:
+                continue
+            target = self._nc.variables[str(name)]
+            keep = {k: target.getncattr(k) for k in ("units", "calendar") if k in target.ncattrs()}
+            encoded = xr.conventions.encode_cf_variable(
+                xr.Variable(var.dims, var.values, dict(var.attrs), encoding=keep), name=name
+            )
+            axis = var.dims.index("sample")
+            where = [slice(None)] * var.ndim
+            where[axis] = slice(self.samples, self.samples + n)
+            target[tuple(where)] = np.asarray(encoded.values)
+        self.samples += n
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if self._nc is not None:
+            self._nc.close()
+            self._nc = None
+
+    def __enter__(self) -> SampleAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

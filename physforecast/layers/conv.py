@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.layers import DropPath
 from torch import nn
 
 from .conditioning import FiLM
@@ -111,7 +110,12 @@ class ResBlock(nn.Module):
         )
         self.act = nn.SiLU()
         self.drop = nn.Dropout(dropout)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if drop_path > 0:
+            from timm.layers import DropPath  # timm only for the models that use it
+
+            self.drop_path: nn.Module = DropPath(drop_path)
+        else:
+            self.drop_path = nn.Identity()
         self.skip = (
             nn.Identity()
             if in_channels == out_channels

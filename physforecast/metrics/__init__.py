@@ -34,7 +34,7 @@ from .residuals import (
     ns_vorticity_residual,
     shallow_water_continuity_residual,
 )
-from .scorecard import score
+from .scorecard import ScoreAccumulator, score
 from .spectral import frmse, lsd, power_spectrum, spectral_mse, spectral_nmse
 from .suites import ENSEMBLE_SUITE, GENERIC_SUITE, LATLON_SUITE, SUITES, default_suite
 from .verification import as_samples, match_truth, spectrum, to_dataset, truth_for, verify
@@ -93,6 +93,7 @@ __all__ = [
     "rank_histogram",
     # scorecard
     "score",
+    "ScoreAccumulator",
     "default_suite",
     "SUITES",
     "GENERIC_SUITE",

@@ -13,6 +13,7 @@ References: TF-Net ``penalty.py`` (divergence, vorticity, TKE and its spectrum),
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
@@ -320,11 +321,30 @@ def crmse(
     ``sample_dim`` the square, batch mean and root are taken over that dim as PDEBench.
     (..., H, W) -> (...), without ``sample_dim`` when given.
     """
-    p, t, w = prepare(pred, target, weights, mask, name="crmse")
-    err = spatial_sum(p - t, w) / weight_sum(p, w)
+    err = _crmse_partial(pred, target, weights=weights, mask=mask)
     if sample_dim is None:
         return err.abs()
-    return torch.sqrt((err**2).mean(leading_dim(sample_dim, p.ndim, "crmse")))
+    return torch.sqrt((err**2).mean(leading_dim(sample_dim, pred.ndim, "crmse")))
+
+
+def _crmse_partial(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    **_: Any,
+) -> Tensor:
+    """The signed error of each forecast's domain mean (...): what :func:`crmse` pools."""
+    p, t, w = prepare(pred, target, weights, mask, name="crmse")
+    return spatial_sum(p - t, w) / weight_sum(p, w)
+
+
+def _crmse_combine(stats: Tensor, **_: Any) -> Tensor:
+    return torch.sqrt((stats**2).mean(0))
+
+
+METRICS.entry("crmse").meta.update(partial=_crmse_partial, combine=_crmse_combine)
 
 
 @METRICS.register("brmse", kind="physics", higher_is_better=False, weighted=False)

@@ -9,6 +9,8 @@ References: PDEBench ``metric_func`` (RMSE, nRMSE, max error), The Well ``spatia
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from physforecast.registry import METRICS
@@ -164,14 +166,34 @@ def max_error(
     torch.Tensor
         Shape (...), without ``sample_dim`` when it is given. NaN where no point is valid.
     """
+    out = _max_error_partial(pred, target, weights=weights, mask=mask)
+    if sample_dim is not None:
+        out = out.amax(leading_dim(sample_dim, pred.ndim, "max_error"))
+    return out
+
+
+def _max_error_partial(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    **_: Any,
+) -> Tensor:
+    """The largest error of each forecast (...): what :func:`max_error` maximizes over."""
     p, t, w = prepare(pred, target, weights, mask, name="max_error", weighted=False)
     err = (p - t).abs()
     out = err.amax((-2, -1))
     if w is not None:
         out = torch.where(weight_sum(err, w) > 0, out, torch.full_like(out, float("nan")))
-    if sample_dim is not None:
-        out = out.amax(leading_dim(sample_dim, p.ndim, "max_error"))
     return out
+
+
+def _max_error_combine(stats: Tensor, **_: Any) -> Tensor:
+    return stats.amax(0)
+
+
+METRICS.entry("max_error").meta.update(partial=_max_error_partial, combine=_max_error_combine)
 
 
 def _frame_range(t: Tensor, mask: Tensor | None) -> Tensor:

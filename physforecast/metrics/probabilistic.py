@@ -6,6 +6,8 @@ has the same shape without it, ``(..., H, W)``. Results reduce space as every me
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from physforecast.registry import METRICS
@@ -129,18 +131,45 @@ def spread_skill_ratio(
     torch.Tensor
         Shape (...) of ``target`` without (H, W) and ``sample_dim``.
     """
+    stats = _spread_skill_partial(pred, target, member_dim=member_dim, weights=weights, mask=mask)
+    if sample_dim is not None:
+        stats = stats.mean(leading_dim(sample_dim, target.ndim, "spread_skill_ratio"))
+    return _spread_skill_finish(stats, corrected)
+
+
+def _spread_skill_partial(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    member_dim: int,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    **_: Any,
+) -> Tensor:
+    """Per forecast (..., 3): member variance, squared error of the mean, members."""
     y, w = prepare_field(target, weights, mask, name="spread_skill_ratio")
     x = _members(pred, y, member_dim, "spread_skill_ratio").to(y.dtype)
     if x.shape[0] < 2:
         raise ValueError("spread_skill_ratio needs at least 2 members")
     spread = spatial_mean(zero_invalid(x.var(0, correction=1), mask), w)
     skill = spatial_mean(zero_invalid((x.mean(0) - y) ** 2, mask), w)
-    if sample_dim is not None:
-        d = leading_dim(sample_dim, y.ndim, "spread_skill_ratio")
-        spread, skill = spread.mean(d), skill.mean(d)
+    return torch.stack([spread, skill, torch.full_like(spread, float(x.shape[0]))], -1)
+
+
+def _spread_skill_finish(stats: Tensor, corrected: bool) -> Tensor:
+    spread, skill, members = stats.unbind(-1)
     ratio = torch.sqrt(spread) / torch.sqrt(skill)
-    m = x.shape[0]
+    m = float(members.reshape(-1)[0]) if members.numel() else 1.0
     return ratio * ((m + 1) / m) ** 0.5 if corrected else ratio
+
+
+def _spread_skill_combine(stats: Tensor, *, corrected: bool = False, **_: Any) -> Tensor:
+    return _spread_skill_finish(stats.mean(0), corrected)
+
+
+METRICS.entry("spread_skill_ratio").meta.update(
+    partial=_spread_skill_partial, combine=_spread_skill_combine
+)
 
 
 @METRICS.register("rank_histogram", kind="probabilistic", higher_is_better=None, ensemble=True)

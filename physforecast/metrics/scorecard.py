@@ -31,7 +31,7 @@ from physforecast.data.layout import spatial_dims
 from .suites import SuiteItem, default_suite, field_names, resolve_suite
 from .weather import latitude_weights
 
-__all__ = ["score"]
+__all__ = ["score", "ScoreAccumulator"]
 
 _RESERVED = ("sample", "lead_time", "member")
 #: Dataset names of physical parameters -> the keyword the metric functions take.
@@ -523,3 +523,195 @@ def _assemble(results, metas, data: _Data, forecast: xr.Dataset) -> xr.Dataset:
         if key in forecast.attrs:
             ds.attrs[key] = forecast.attrs[key]
     return ds
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class ScoreAccumulator:
+    """:func:`score`, fed chunks of samples: memory does not grow with the forecast.
+
+    Each chunk (a forecast and its truth with the same ``sample`` slice, as
+    :func:`score` takes them) is scored at once and dropped. What is kept is small: the
+    per-sample values of the metrics that average samples ``(S, lead_time)``, and for the
+    metrics that pool samples themselves (``reduces_samples``: fRMSE, cRMSE, max error,
+    WB2 RMSE, spread-skill) the per-sample statistics they pool (their registered
+    ``partial``), combined at the end (``combine``). A pooling metric without that pair
+    (the categorical scores) keeps its chunks' fields until :meth:`result`.
+
+    :meth:`result` equals :func:`score` of the whole forecast (the same per-sample values,
+    averaged in the same way).
+
+    Parameters
+    ----------
+    suite, weights, mask, climatology, chunk
+        As for :func:`score`; the default suite is chosen from the first chunk.
+
+    Examples
+    --------
+    >>> acc = ScoreAccumulator()                                  # doctest: +SKIP
+    >>> for f, t in chunks:                                        # doctest: +SKIP
+    ...     acc.add(f, t)
+    >>> card = acc.result()                                        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        suite: Sequence[Any] | None = None,
+        *,
+        weights: xr.DataArray | None = None,
+        mask: xr.DataArray | xr.Dataset | None = None,
+        climatology: xr.Dataset | xr.DataArray | None = None,
+        chunk: int | None = 32,
+    ) -> None:
+        self.suite = suite
+        self.strict = suite is not None
+        self.weights, self.mask, self.climatology, self.chunk = weights, mask, climatology, chunk
+        self.items: list[SuiteItem] | None = None
+        self.n_samples = 0
+        self._skipped: set[str] = set()
+        self._parts: dict[tuple[int, str], list[Any]] = {}
+        self._first: tuple[_Data, xr.Dataset] | None = None
+
+    def add(self, forecast: xr.Dataset, truth: xr.Dataset) -> None:
+        """Score one chunk of samples (dims as for :func:`score`)."""
+        forecast = _as_dataset(forecast, "forecast")
+        truth = _as_dataset(truth, "truth")
+        if self.items is None:
+            suite = self.suite
+            if suite is None:
+                suite = default_suite(forecast, self.climatology)
+            self.items = resolve_suite(suite)
+        data = _prepare(forecast, truth, self.weights, self.mask, self.climatology)
+        if self._first is None:
+            self._first = (data, forecast.isel(sample=slice(0, 0)))
+        self.n_samples += data.n_samples
+        for k, item in enumerate(self.items):
+            if item.row in self._skipped:
+                continue
+            try:
+                for label, part in _partials(item, data, self.chunk):
+                    self._parts.setdefault((k, label), []).append(part)
+            except _Unavailable as err:
+                if self.strict:
+                    raise ValueError(str(err)) from None
+                warnings.warn(f"scorecard: skipping {item.row}: {err}", stacklevel=2)
+                self._skipped.add(item.row)
+
+    def result(self) -> xr.Dataset:
+        """The scorecard of every chunk added so far."""
+        if self._first is None or self.items is None:
+            raise ValueError("no forecast chunk was added to the scorecard")
+        first, empty = self._first
+        data = _Data(first.fields, first.context, first.lead_time, self.n_samples)
+        results: list[tuple[str, str, np.ndarray, bool]] = []
+        metas: dict[str, dict[str, Any]] = {}
+        for k, item in enumerate(self.items):
+            if item.row in self._skipped:
+                continue
+            labels = [label for (kk, label) in self._parts if kk == k]
+            for label in labels:
+                rows = _finish(item, label, self._parts[(k, label)], self.chunk)
+                for row, *_ in rows:
+                    metas.setdefault(row, item.meta)
+                results += rows
+        return _assemble(results, metas, data, empty)
+
+
+def _partials(item: SuiteItem, data: _Data, chunk: int | None) -> list[tuple[str, Any]]:
+    """What a chunk contributes to ``item``: [(variable label, part)] where a part is
+    ``("values", [(row, per-sample values, shape)])``, ``("stats", ...)`` or
+    ``("fields", (field, context))``."""
+    meta = item.meta
+    reduces = bool(meta.get("reduces_samples"))
+    if reduces and not (meta.get("partial") and meta.get("combine")):
+        out = []
+        for label, fld in _targets(item, data):
+            out.append((label, ("fields", (fld, dict(data.context), data.per_sample))))
+        return out
+    params = dict(inspect.signature(item.fn).parameters)
+    ensemble = bool(meta.get("ensemble"))
+    step = data.n_samples if not chunk else chunk
+    slices = [slice(i, i + step) for i in range(0, data.n_samples, step)]
+    out = []
+    for label, fld in _targets(item, data):
+        if ensemble and fld.members is None:
+            raise _Unavailable(f"metric {item.row!r} needs an ensemble (a 'member' dim)")
+        ctx = dict(data.context)
+        if not meta.get("weighted", True):
+            ctx.pop("weights", None)
+        ctx.update(mask=fld.mask, climatology=fld.climatology)
+        if reduces:
+            ctx["sample_dim"] = 0
+        if ensemble:
+            ctx["member_dim"] = 2
+        kwargs = _call_kwargs(item, params, ctx)
+        runs = [(item.row, "members" if ensemble else "pred")]
+        if meta.get("reference_free"):
+            runs.append((f"{item.row}_truth", "truth"))
+        rows = []
+        for row, source in runs:
+            values = []
+            for sl in slices:
+                part, sub = _chunk(fld, kwargs, data.per_sample | {"mask", "climatology"}, sl)
+                with torch.no_grad():
+                    if reduces:
+                        sub.pop("sample_dim", None)
+                        values.append(meta["partial"](getattr(part, source), part.truth, **sub))
+                    else:
+                        values.append(item.fn(getattr(part, source), part.truth, **sub))
+            options = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+            options.pop("sample_dim", None)
+            value = values[0] if len(values) == 1 else torch.cat(values, 0)
+            rows.append((row, value, tuple(fld.truth.shape), options))
+        out.append((label, ("stats" if reduces else "values", rows)))
+    return out
+
+
+def _finish(item: SuiteItem, label: str, parts: list[Any], chunk: int | None):
+    """Combine the parts of every chunk of one (item, variable) into scorecard rows."""
+    meta = item.meta
+    reduces = bool(meta.get("reduces_samples"))
+    kind = parts[0][0]
+    if kind == "fields":  # a pooling metric without partial/combine: all its samples now
+        flds = [p[1][0] for p in parts]
+        ctx, per_sample = parts[0][1][1], parts[0][1][2]
+
+        def cat(name: str) -> torch.Tensor | None:
+            got = [getattr(f, name) for f in flds]
+            if all(g is None for g in got):
+                return None
+            if name == "mask":  # a chunk without invalid points has no mask: all valid
+                got = [
+                    torch.ones_like(f.truth, dtype=torch.bool) if g is None else g
+                    for f, g in zip(flds, got)
+                ]
+            return torch.cat(got, 0)
+
+        fld = _Field(cat("pred"), cat("truth"), cat("mask"), cat("members"), cat("climatology"))
+        ctx = dict(ctx)
+        for key in per_sample:
+            ctx[key] = torch.cat([p[1][1][key] for p in parts], 0)
+        data = _Data({label: fld}, ctx, np.zeros(fld.truth.shape[1]), int(fld.truth.shape[0]))
+        data.per_sample = set(per_sample)
+        rows = _evaluate(_only(item, label), data, chunk)
+        return [(row, label, v, w) for row, _, v, w in rows]
+    out = []
+    n_rows = len(parts[0][1])
+    for r in range(n_rows):
+        row, _, shape, options = parts[0][1][r]
+        value = torch.cat([p[1][r][1] for p in parts], 0)
+        n = sum(int(p[1][r][2][0]) for p in parts)
+        shape = (n, *shape[1:])
+        if reduces:
+            value = meta["combine"](value, grid=tuple(shape[-2:]), **options)
+        for sub_row, v in _rows(row, value, torch.Size(shape), meta, reduces):
+            out.append((sub_row, label, v, bool(meta.get("window"))))
+    return out
+
+
+def _only(item: SuiteItem, label: str) -> SuiteItem:
+    """``item`` evaluated on the one field ``label`` (a group already stacked)."""
+    meta = dict(item.meta)
+    meta.pop("fields", None)
+    return SuiteItem(item.row, item.fn, meta, dict(item.options))

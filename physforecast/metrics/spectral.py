@@ -11,6 +11,8 @@ References: PDEBench ``metric_func`` (fRMSE bands), The Well ``spectral.py``
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -169,12 +171,50 @@ def frmse(
     per_shell = _bin_sum(err, shell, n)
     if sample_dim is not None:
         per_shell = per_shell.mean(leading_dim(sample_dim, p.ndim, "frmse"))
+    return _frmse_bands(per_shell, (h, w), band, dx, dy)
+
+
+def _frmse_bands(
+    per_shell: Tensor, grid: tuple[int, int], band: str | None, dx: float | None, dy: float | None
+) -> Tensor:
+    """Mean squared shell errors (..., n) -> the band RMSEs of :func:`frmse`."""
+    h, w = grid
     lx = 1.0 if dx is None else w * float(dx)
     ly = 1.0 if dy is None else h * float(dy)
     per_shell = torch.sqrt(per_shell) / (h * w) * lx * ly
     names = [band] if band is not None else list(FRMSE_BANDS)
     out = [per_shell[..., slice(*FRMSE_BANDS[b])].mean(-1) for b in names]
     return out[0] if band is not None else torch.stack(out, -1)
+
+
+def _frmse_partial(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    **_: Any,
+) -> Tensor:
+    """Per-sample squared shell errors (S, ..., n): what :func:`frmse` averages over samples."""
+    p, t, _w = prepare(pred, target, weights, mask, name="frmse", weighted=False)
+    shell, n = _pdebench_shells(*p.shape[-2:], p.device)
+    return _bin_sum(torch.fft.fft2(p - t).abs() ** 2, shell, n)
+
+
+def _frmse_combine(
+    stats: Tensor,
+    *,
+    grid: tuple[int, int],
+    band: str | None = None,
+    dx: float | None = None,
+    dy: float | None = None,
+    **_: Any,
+) -> Tensor:
+    """:func:`frmse` over all samples from the concatenated :func:`_frmse_partial` values."""
+    return _frmse_bands(stats.mean(0), grid, band, dx, dy)
+
+
+METRICS.entry("frmse").meta.update(partial=_frmse_partial, combine=_frmse_combine)
 
 
 def _well_bins(h: int, w: int, device: torch.device) -> Tensor:

@@ -6,6 +6,8 @@ Fields are ``(..., latitude, longitude)``. Latitude weights are the area of each
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -75,15 +77,35 @@ def lat_rmse(
     torch.Tensor
         Shape (...), without ``sample_dim`` when given.
     """
+    err = _lat_rmse_partial(pred, target, latitude=latitude, weights=weights, mask=mask)
+    if sample_dim is not None:
+        err = err.mean(leading_dim(sample_dim, pred.ndim, "lat_rmse"))
+    return torch.sqrt(err)
+
+
+def _lat_rmse_partial(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    latitude: Tensor | np.ndarray | None = None,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    **_: Any,
+) -> Tensor:
+    """The weighted spatial MSE of each forecast (...): what :func:`lat_rmse` averages."""
     if weights is None:
         if latitude is None:
             raise ValueError("lat_rmse needs latitude (degrees) or weights")
         weights = latitude_weights(latitude)
     p, t, w = prepare(pred, target, weights, mask, name="lat_rmse")
-    err = spatial_mean((p - t) ** 2, w)
-    if sample_dim is not None:
-        err = err.mean(leading_dim(sample_dim, p.ndim, "lat_rmse"))
-    return torch.sqrt(err)
+    return spatial_mean((p - t) ** 2, w)
+
+
+def _lat_rmse_combine(stats: Tensor, **_: Any) -> Tensor:
+    return torch.sqrt(stats.mean(0))
+
+
+METRICS.entry("lat_rmse").meta.update(partial=_lat_rmse_partial, combine=_lat_rmse_combine)
 
 
 @METRICS.register("acc", kind="weather", higher_is_better=True)

@@ -32,12 +32,13 @@ from physforecast.errors import (
     ResumeError,
     RunDirNotEmptyError,
 )
-from physforecast.forecast.windows import forecast_windows
+from physforecast.forecast.windows import SampleAppender, forecast_windows, iter_forecast_windows
 from physforecast.methods import RunContext, get_method
-from physforecast.metrics import format_scorecard, score
+from physforecast.metrics import ScoreAccumulator, format_scorecard, score
 from physforecast.plots import plot_forecast_panel, plot_metric_vs_lead, save_figure
 from physforecast.registry import BACKBONES
 from physforecast.run_dir import RunDir, RunLock
+from physforecast.threads import resolve_threads
 
 from .distributed import DistInfo, cleanup_distributed, detect_launch, init_distributed
 from .parallel import check_parallel
@@ -136,6 +137,7 @@ def _train_locked(
 ) -> None:
     """The part of :func:`train` that runs holding the run directory's lock."""
     dist = init_distributed(cfg.train.device)
+    torch.set_num_threads(resolve_threads(cfg.train.threads, cfg.data.num_workers))
     try:
         torch.manual_seed(cfg.train.seed)
         data = prepare_data(cfg, run.read_normalizer() if resume else None)
@@ -295,6 +297,10 @@ def evaluate_run(
     ``plots/{forecast_panel,error_vs_lead}.png``, prints the scorecard table, then the
     method's own report (:meth:`~physforecast.methods.Method.evaluate`).
 
+    The split is forecast, scored (:class:`~physforecast.metrics.ScoreAccumulator`) and
+    written in chunks of ``eval.chunk`` samples, so memory does not grow with the size of
+    the split; ``eval.save_samples`` keeps only the first samples in ``forecasts.nc``.
+
     Returns
     -------
     xr.Dataset
@@ -303,19 +309,52 @@ def evaluate_run(
     run = RunDir(run_dir).require()
     cfg = run.read_config()
     device = resolve_device(cfg.train.device)
+    torch.set_num_threads(resolve_threads(cfg.train.threads, cfg.data.num_workers))
     loaded = run.load_model(checkpoint, device=device)
     data = data or prepare_data(cfg, loaded.normalizer)
-    forecast, truth = forecast_windows(
-        loaded.model, data.test, data.normalizer, batch_size=cfg.data.batch_size, device=device
-    )
-    run.write_dataset(
-        run.FORECASTS, forecast.assign(**{f"{v}_truth": truth[v] for v in data.variables})
-    )
-    card = score(forecast, truth, suite)
+    keep = cfg.eval.save_samples
+    acc = ScoreAccumulator(suite)
+    first: list[tuple[xr.Dataset, xr.Dataset]] = []
+
+    def stream(tmp: Path | None) -> None:
+        """Forecast, score and (into ``tmp``) write the test split a chunk at a time."""
+        written = 0
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(SampleAppender(tmp)) if tmp is not None else None
+            chunks = iter_forecast_windows(
+                loaded.model,
+                data.test,
+                data.normalizer,
+                chunk=cfg.eval.chunk,
+                batch_size=cfg.data.batch_size,
+                device=device,
+            )
+            for forecast, truth in chunks:
+                if not first:  # the panel plot shows the first sample
+                    first.append((forecast.isel(sample=[0]), truth.isel(sample=[0])))
+                acc.add(forecast, truth)
+                n = (
+                    forecast.sizes["sample"]
+                    if keep is None
+                    else min(keep - written, forecast.sizes["sample"])
+                )
+                if out is not None and n > 0:
+                    part, true = forecast.isel(sample=slice(0, n)), truth.isel(sample=slice(0, n))
+                    out.append(part.assign(**{f"{v}_truth": true[v] for v in data.variables}))
+                    written += n
+
+    if keep == 0:  # no forecasts file; one of an earlier evaluation would be stale
+        stream(None)
+        if run.writer:
+            (run.path / run.FORECASTS).unlink(missing_ok=True)
+    else:
+        run.write_in_pieces(run.FORECASTS, stream)
+    card = acc.result()
     card.attrs.update(
         {"backbone": cfg.model.backbone, "method": cfg.method, "dataset": str(cfg.data.dataset)}
     )
     run.write_scorecard(card)
+    forecast, truth = first[0]
     save_figure(plot_forecast_panel(forecast, truth), run.plot_path("forecast_panel"))
     save_figure(plot_metric_vs_lead(card), run.plot_path("error_vs_lead"))
     print(

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from physforecast.checkpoint import load_checkpoint
 from physforecast.config import Config, TrainConfig, config_to_dict
-from physforecast.data.windows import worker_init
+from physforecast.data.windows import collate_windows, worker_init
 from physforecast.errors import DeviceError, PhysforecastError
 from physforecast.run_dir import RunDir
 
@@ -76,6 +76,7 @@ __all__ = [
     "unwrap",
     "lr_factor",
     "default_optimizer",
+    "weight_decay_groups",
     "default_scheduler",
     "resolve_device",
     "SCHEDULES",
@@ -132,10 +133,42 @@ def lr_factor(step: int, total: int, warmup_frac: float, min_factor: float = 0.0
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+#: Optimizers built from torch directly, exactly as timm's ``create_optimizer_v2`` builds
+#: them (the same parameter groups and arguments), without importing timm (seconds).
+_TORCH_OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """timm's parameter groups: no decay on biases, 1-d parameters (norms) and the names
+    ``model.no_weight_decay()`` lists; decay ``weight_decay`` on the rest."""
+    import fnmatch
+
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        excluded = param.ndim <= 1 or name.endswith(".bias")
+        if not weight_decay or excluded or any(fnmatch.fnmatch(name, s) for s in skip):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups: list[dict[str, Any]] = []
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    return groups
+
+
 def default_optimizer(cfg: TrainConfig) -> OptimizerFactory:
-    """The optimizer ``train.optimizer`` names, built by timm's ``create_optimizer_v2``."""
+    """The optimizer ``train.optimizer`` names, as timm's ``create_optimizer_v2`` builds
+    it (``adamw`` and ``adam`` straight from torch, the same way; the others by timm)."""
 
     def factory(model: nn.Module) -> torch.optim.Optimizer:
+        native = _TORCH_OPTIMIZERS.get(cfg.optimizer.lower())
+        if native is not None:
+            return native(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr, weight_decay=0.0)
         from timm.optim import create_optimizer_v2
 
         return create_optimizer_v2(
@@ -522,6 +555,7 @@ class Trainer:
             sampler=sampler,
             num_workers=workers,
             worker_init_fn=worker_init if workers else None,
+            collate_fn=collate_windows,
         )
 
     def _loss(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -585,11 +619,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, data: Dataset | DataLoader) -> dict[str, float]:
-        """Mean loss over ``data`` (all ranks together under DDP), on the EMA weights when enabled."""
+        """Mean loss over ``data`` (all ranks together under DDP), on the EMA weights when
+        enabled; only its first ``train.max_val_steps`` batches when that is set."""
         net = self.eval_model
         net.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for batch in self.loader(data, train=False):
+        cap = self.cfg.max_val_steps
+        for i, batch in enumerate(self.loader(data, train=False)):
+            if cap is not None and i >= cap:
+                break
             batch = self._to_device(batch)
             with self.autocast():
                 loss, _ = self.loss_fn(net, batch)

@@ -1,0 +1,203 @@
+"""Benchmark: what training costs around the model, and its memory by store size.
+
+``physforecast bench train`` measures
+
+1. epoch time of :class:`~physforecast.training.trainer.Trainer` over
+   :class:`~physforecast.data.windows.ForecastWindows` against a hand-written loop (the
+   same model, optimizer and batches: windows cut from the in-memory array by numpy
+   slicing in the same shuffled order), by number of trajectories and by grid size,
+   interleaved rounds after a warm-up; a cost linear in the trajectories gives a flat
+   ratio;
+2. the peak resident memory of the whole ``physforecast train`` job (training,
+   validation and the streamed evaluation of the test split) on zarr stores of
+   growing size, each in its own process (``data.in_memory_mb=0`` so that every store
+   is read lazily: a store under ``in_memory_mb`` is read into memory by design).
+
+Both contenders run with the job's own thread setting
+(:func:`~physforecast.threads.auto_threads`). ``quick=True`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._timing import interleave, machine, median, ratio_cell, smoke_note, spread
+
+__all__ = ["run", "epoch_times", "peak_rss"]
+
+IN_STEPS, OUT_STEPS, BATCH = 4, 4, 16
+
+
+def _dataset(n_traj: int, n_time: int, size: int, seed: int = 0):
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((n_traj, n_time, size, size), dtype=np.float32)
+    return xr.Dataset(
+        {"u": (("trajectory", "time", "y", "x"), u, {"units": "1"})},
+        coords={"time": np.arange(n_time, dtype=float)},
+    )
+
+
+def epoch_times(n_traj: int, size: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of ``steps`` training steps: the Trainer and a hand loop, interleaved."""
+    import torch
+
+    import physforecast as pf
+    from physforecast.config import TrainConfig
+    from physforecast.data import ForecastWindows
+    from physforecast.training import Trainer
+    from physforecast.training.trainer import default_optimizer
+
+    n_time = 30
+    ds = _dataset(n_traj, n_time, size)
+    windows = ForecastWindows(ds, ["u"], IN_STEPS, OUT_STEPS)
+    array = ds["u"].values
+    span = IN_STEPS + OUT_STEPS
+    cfg = TrainConfig(
+        epochs=1, max_steps_per_epoch=steps, device="cpu", schedule="constant", grad_clip=0.0
+    )
+
+    def model():
+        torch.manual_seed(0)
+        return pf.create_backbone(
+            "fno", in_steps=IN_STEPS, out_steps=OUT_STEPS, in_channels=1, hidden=16, modes=8
+        )
+
+    def package() -> None:
+        trainer = Trainer(model(), cfg, batch_size=BATCH)
+        trainer.fit(windows)
+
+    def hand() -> None:
+        net = model()
+        opt = default_optimizer(cfg)(net)  # the same AdamW and parameter groups
+        order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))
+        starts = n_time - span + 1
+        for s in range(steps):
+            picks = order[s * BATCH : (s + 1) * BATCH].numpy()
+            frames = np.stack([array[i // starts, i % starts : i % starts + span] for i in picks])
+            batch = torch.from_numpy(frames[:, :, None])
+            x, y = batch[:, :IN_STEPS], batch[:, IN_STEPS:]
+            loss = torch.nn.functional.mse_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return interleave({"package": package, "hand": hand}, rounds, warmup=1)
+
+
+_RSS_JOB = """
+import json, os, sys
+from physforecast.config import Config, apply_overrides
+from physforecast.training.run import train
+store, out = sys.argv[1], sys.argv[2]
+cfg = apply_overrides(Config(), [
+    f"data.dataset={store}", "data.variables=[u, v]", "data.in_steps=4", "data.out_steps=4",
+    "data.in_memory_mb=0", "train.epochs=1", "train.max_steps_per_epoch=4",
+    "train.max_val_steps=4", "train.device=cpu", "eval.save_samples=16",
+    "model.options={hidden: 16, modes: 8}", f"out={out}",
+])
+train(cfg)
+"""
+
+
+def peak_rss(store: Path, out: Path) -> float:
+    """Peak resident memory (MB) of one ``train`` job on ``store``, in its own process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RSS_JOB, str(store), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"train job on {store} failed:\n{err[-2000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def _store_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def run(quick: bool = False) -> str:
+    """Measure, and return a Markdown report.
+
+    Parameters
+    ----------
+    quick : bool
+        A smoke run: tiny sizes, one round.
+    """
+    import torch
+
+    from physforecast.bench.data import make_store
+    from physforecast.threads import auto_threads
+
+    threads = auto_threads()
+    torch.set_num_threads(threads)
+    if quick:
+        trajs, sizes, steps, rounds, stores = (4, 8), (16,), 2, 1, (4, 8)
+    else:
+        trajs, sizes, steps, rounds, stores = (40, 160, 640), (32, 64), 10, 3, (16, 96, 384)
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for n in trajs:
+        rows.append(
+            (f"{n} trajectories, {sizes[0]}x{sizes[0]}", epoch_times(n, sizes[0], steps, rounds))
+        )
+    for size in sizes[1:]:
+        rows.append(
+            (f"{trajs[0]} trajectories, {size}x{size}", epoch_times(trajs[0], size, steps, rounds))
+        )
+    memory = []
+    with tempfile.TemporaryDirectory(prefix="pf-bench-train-") as tmp:
+        for i, n in enumerate(stores):
+            store = make_store(Path(tmp) / f"store{i}.zarr", n, 40, 64 if not quick else 16, seed=i)
+            mb = _store_mb(store)
+            memory.append((n, mb, peak_rss(store, Path(tmp) / f"run{i}")))
+    lines = [
+        "# Training benchmark",
+        "",
+        *smoke_note(quick),
+        "## Steps of training: Trainer + ForecastWindows vs a hand loop",
+        "",
+        f"{steps} optimizer steps (batch {BATCH}, windows of {IN_STEPS} + {OUT_STEPS} frames of "
+        "one float32 field in memory, 30 frames per trajectory) of an FNO (hidden 16, modes 8) "
+        f"with AdamW. {rounds} interleaved rounds after a warm-up of each; seconds are medians "
+        "(min-max); ratios are package / hand loop per round, median (range).",
+        "",
+        "| data | Trainer (s) | hand loop (s) | Trainer / hand |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, t in rows:
+        lines.append(
+            f"| {label} | {median(t['package']):.3f} ({spread(t['package'])}) | "
+            f"{median(t['hand']):.3f} ({spread(t['hand'])}) | {ratio_cell(t['package'], t['hand'])} |"
+        )
+    lines += [
+        "",
+        "## Peak memory of a whole `train` job by store size",
+        "",
+        "One process per store: training (4 steps), validation (4 batches) and the streamed "
+        "evaluation of the whole test split (forecasts.nc keeps 16 samples), reading the zarr "
+        "store lazily (`data.in_memory_mb=0`; two float32 fields, chunks of 1 trajectory x "
+        "10 frames). Peak RSS is the kernel's high-water mark of the process.",
+        "",
+        "| trajectories | store (MB) | peak RSS (MB) | vs smallest |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n, mb, rss in memory:
+        lines.append(f"| {n} | {mb:.0f} | {rss:.0f} | {rss / memory[0][2]:.2f}x |")
+    lines += [
+        "",
+        f"Machine: {machine(threads)}.",
+        "",
+        "Rerun: `physforecast bench train" + (" --quick`" if quick else "`"),
+    ]
+    return "\n".join(lines) + "\n"
