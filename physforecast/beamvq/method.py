@@ -152,6 +152,9 @@ class BeamVQConfig:
         Extra :class:`~physforecast.beamvq.head.TopKVQHead` options (``residual``,
         ``hidden``, ``prop_hidden``, ``prop_depth``, ``downsample``...);
         ``beamvq.head.residual=false`` decodes from the codes alone (the authors' form).
+    candidate_loss : str
+        ``mean``: every candidate trained toward the truth (the authors' loss);
+        ``min``: only the closest candidate per window (keeps the others diverse).
 
     Set them as ``--set beamvq.<key>=<value>`` or in a ``beamvq:`` YAML section.
     """
@@ -180,6 +183,7 @@ class BeamVQConfig:
     decay: float = 0.99
     head_epochs: int | None = None
     head: dict[str, Any] = field(default_factory=dict)
+    candidate_loss: str = "mean"
 
 
 def resolve_block(cfg: Config, out_steps: int) -> int:
@@ -283,7 +287,11 @@ def build_beamvq_model(
 
 
 def head_loss_fn(
-    k: int, temperature: float = 0.0, base_weight: float = 0.0, sample: int = 0
+    k: int,
+    temperature: float = 0.0,
+    base_weight: float = 0.0,
+    sample: int = 0,
+    reduction: str = "mean",
 ) -> Callable:
     """A trainer ``loss_fn(model, batch)`` for a :class:`TopKVQHead` (or a DDP wrapper of it).
 
@@ -301,7 +309,9 @@ def head_loss_fn(
         if 0 < sample < k - 1:
             ranks = (0, *sorted((torch.randperm(k - 1)[:sample] + 1).tolist()))
         out = model(batch["x"], cond, k=k, temperature=temperature, ranks=ranks)
-        return head_loss(out, batch["y"], mask=batch.get("mask"), base_weight=base_weight)
+        return head_loss(
+            out, batch["y"], mask=batch.get("mask"), base_weight=base_weight, reduction=reduction
+        )
 
     return loss_fn
 
@@ -424,7 +434,11 @@ def run_self_training(
 
     steps = _steps_per_epoch(cfg, len(train_data))
     loss = head_loss_fn(
-        model.top_k, model.temperature, 1.0 if head.mode == "output" else 0.0, sample=sample
+        model.top_k,
+        model.temperature,
+        1.0 if head.mode == "output" else 0.0,
+        sample=sample,
+        reduction=getattr(cfg.beamvq, "candidate_loss", "mean"),
     )
 
     fit = fit or (
@@ -498,6 +512,8 @@ class BeamVQMethod(Method):
         for key, value, ok, want in rules:
             if not ok:
                 raise ConfigError(f"{key}={value!r} is not valid: it must be {want}")
+        if b.candidate_loss not in ("mean", "min"):
+            raise ConfigError(f"beamvq.candidate_loss={b.candidate_loss!r} is not one of mean, min")
         if b.quantizer not in ("vq", "identity"):
             raise ConfigError(f"beamvq.quantizer={b.quantizer!r} is not one of vq, identity")
         if b.pseudo not in PSEUDO_SOURCES:
@@ -527,7 +543,12 @@ class BeamVQMethod(Method):
         self._calibrate(model, ctx)  # before any training: refuses unusable scores early
         head = model.head
         ctx.trainer(head.backbone, stage="backbone", epochs=e_backbone).fit(data.train, data.val)
-        loss = head_loss_fn(b.top_k, b.temperature, 1.0 if b.mode == "output" else 0.0)
+        loss = head_loss_fn(
+            b.top_k,
+            b.temperature,
+            1.0 if b.mode == "output" else 0.0,
+            reduction=b.candidate_loss,
+        )
         ctx.trainer(head, stage="head", loss_fn=loss, epochs=e_head).fit(data.train, data.val)
         head.eval()
         bs = cfg.data.batch_size
@@ -590,7 +611,10 @@ class BeamVQMethod(Method):
             )
         if b.policy_steps > 0:
             policy = policy_loss_fn(
-                model, weight=b.policy_weight, base_weight=1.0 if b.mode == "output" else 0.0
+                model,
+                weight=b.policy_weight,
+                base_weight=1.0 if b.mode == "output" else 0.0,
+                reduction=b.candidate_loss,
             )
             trainer = ctx.trainer(
                 head, stage="policy", loss_fn=policy, epochs=1, max_steps_per_epoch=b.policy_steps

@@ -278,6 +278,7 @@ def policy_loss_fn(
     weight: float = 1.0,
     base_weight: float = 1.0,
     supervised_weight: float = 1.0,
+    reduction: str = "mean",
     reward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> Callable:
     """A trainer ``loss_fn(head, batch)``: the head's loss + REINFORCE with a baseline.
@@ -300,6 +301,8 @@ def policy_loss_fn(
         Weight of the backbone's own MSE in the head loss (output mode: 1).
     supervised_weight : float
         Weight of the head's supervised loss (0: the policy gradient alone).
+    reduction : {"mean", "min"}
+        The head loss's reduction over candidates (``beamvq.candidate_loss``).
     reward : callable, optional
         ``reward(history, candidates (B, K, T, C, H, W), cond) -> (B, K)`` (higher is
         better); default ``-critic_penalty`` of the first block.
@@ -320,7 +323,9 @@ def policy_loss_fn(
         inner = head.module if hasattr(head, "module") else head
         cond = batch.get("params") if inner.backbone.cond_dim else None
         out = head(batch["x"], cond, k=model.top_k, temperature=model.temperature, log_prob=True)
-        sup, logs = head_loss(out, batch["y"], mask=batch.get("mask"), base_weight=base_weight)
+        sup, logs = head_loss(
+            out, batch["y"], mask=batch.get("mask"), base_weight=base_weight, reduction=reduction
+        )
         loss = supervised_weight * sup
         if out.log_prob is None or out.candidates.shape[1] < 3:
             return loss, logs
