@@ -110,7 +110,8 @@ class BeamVQConfig:
         Per-position sampling over code distances for candidates ``1..K-1`` (0: the k-th
         nearest code everywhere at once, the authors' scheme).
     ensemble : int
-        Members of the top-m self-ensemble: the forecast is the mean of the best m beams.
+        Members of the top-m self-ensemble: the forecast is the mean of the best m beams
+        (clipped to ``width``).
     scores : dict
         Reference-free score name -> weight; ranks the beams at inference and filters the
         pseudo-labels. Each term is divided by its level on the training truth. ``{}``
@@ -504,7 +505,7 @@ class BeamVQMethod(Method):
         rules = [
             ("beamvq.top_k", b.top_k, b.top_k >= 1, ">= 1"),
             ("beamvq.width", b.width, b.width >= 1, ">= 1"),
-            ("beamvq.ensemble", b.ensemble, 1 <= b.ensemble <= max(1, b.width), "in [1, width]"),
+            ("beamvq.ensemble", b.ensemble, b.ensemble >= 1, ">= 1 (clipped to the width)"),
             ("beamvq.temperature", b.temperature, b.temperature >= 0, ">= 0"),
             ("beamvq.policy_steps", b.policy_steps, b.policy_steps >= 0, ">= 0 (0: off)"),
             ("beamvq.keep_quantile", b.keep_quantile, 0 < b.keep_quantile <= 1, "in (0, 1]"),
