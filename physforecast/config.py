@@ -78,6 +78,10 @@ class DataConfig:
         An out-of-distribution split by a physical parameter,
         ``{param: viscosity, train_range: [low, high]}``: train/val/test inside the range,
         ``val_ood``/``test_ood`` outside it (:mod:`physforecast.data.ood`); empty: off.
+    train_fraction : float
+        Fraction of the training trajectories that are labelled (in (0, 1]); the rest
+        form an unlabelled pool whose inputs a method may use without their truth
+        (BeamVQ's ``beamvq.pseudo=unlabelled``), for data-scarcity experiments.
     """
 
     dataset: str = "ns2d"
@@ -93,6 +97,7 @@ class DataConfig:
     in_memory_mb: float = 256.0
     normalize: str = "channel"
     ood: dict[str, Any] = field(default_factory=dict)
+    train_fraction: float = 1.0
 
 
 @dataclass
@@ -466,6 +471,12 @@ def check_config(cfg: Config) -> None:
         ("data.batch_size", cfg.data.batch_size, cfg.data.batch_size >= 1, ">= 1"),
         ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
         ("data.in_memory_mb", cfg.data.in_memory_mb, cfg.data.in_memory_mb >= 0, ">= 0"),
+        (
+            "data.train_fraction",
+            cfg.data.train_fraction,
+            0 < cfg.data.train_fraction <= 1,
+            "in (0, 1] (1: every training trajectory is labelled)",
+        ),
     ]
     for key, steps in (
         ("train.max_steps_per_epoch", cfg.train.max_steps_per_epoch),

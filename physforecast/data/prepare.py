@@ -40,6 +40,9 @@ class PreparedData:
         With ``data.ood``: the out-of-distribution splits (``val_ood``, ``test_ood``,
         ``test_ood_below``, ``test_ood_above``; :mod:`physforecast.data.ood`), the
         non-empty ones.
+    unlabelled : ForecastWindows, optional
+        Windows of the training trajectories left out of ``train`` by
+        ``data.train_fraction < 1``: inputs whose truth no method may train on.
     """
 
     dataset: xr.Dataset
@@ -49,6 +52,7 @@ class PreparedData:
     normalizer: Normalizer
     spec: DataSpec
     extra: dict[str, ForecastWindows] = field(default_factory=dict)
+    unlabelled: ForecastWindows | None = None
 
     @property
     def layout(self) -> ChannelLayout:
@@ -106,6 +110,7 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
         named = ood_split_indices(ds, ood, data.split, seed=cfg.train.seed)
         splits = [named["train"], named["val"], named["test"]]
         extra = {k: named[k] for k in OOD_SPLITS if len(named[k]["trajectory"])}
+    splits, pool = _labelled(splits, data.train_fraction, cfg.train.seed)
     if normalizer is None:
         normalizer = Normalizer.fit(ds, layout, params, selection=splits[0], per=data.normalize)
     elif normalizer.variables != layout.variables:
@@ -134,4 +139,23 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
         str(ds.attrs.get("system", "")),
         _scalar_attrs(ds),
     )
-    return PreparedData(ds, *parts, normalizer, spec, extra_windows)
+    unlabelled = None
+    if pool is not None:
+        unlabelled = ForecastWindows(
+            ds, layout.variables, data.in_steps, data.out_steps, selection=pool, **kw
+        )
+    return PreparedData(ds, *parts, normalizer, spec, extra_windows, unlabelled)
+
+
+def _labelled(
+    splits: list[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Keep a seeded ``fraction`` of the training trajectories (>= 1); the rest is the pool."""
+    traj = splits[0].get("trajectory")
+    if fraction >= 1 or traj is None or len(traj) < 2:
+        return splits, None
+    n_keep = max(1, int(round(fraction * len(traj))))
+    order = np.random.default_rng(seed + 1).permutation(len(traj))
+    keep, rest = np.sort(traj[order[:n_keep]]), np.sort(traj[order[n_keep:]])
+    pool = {"trajectory": rest} if len(rest) else None
+    return [{"trajectory": keep}, *splits[1:]], pool
