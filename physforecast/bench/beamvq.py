@@ -93,8 +93,8 @@ class Setup:
     ablate_top_k: list[int] = field(default_factory=list)
     ablate_width: list[int] = field(default_factory=list)
     ablate_block: list[int] = field(default_factory=list)
-    #: Backbones (of every dataset) that also get the no-VQ control and the wall-matched
-    #: baseline.
+    #: Backbones (of every dataset) that also get the no-VQ control (every backbone gets
+    #: the wall-matched baseline).
     control_backbones: list[str] = field(default_factory=lambda: ["fno"])
     #: The wall-matched baseline gets at most this many times ``max_epochs``.
     wall_cap: float = 8.0
@@ -159,7 +159,7 @@ QUICK = Setup(
     seeds=[0],
     in_steps=2,
     out_steps=2,
-    max_epochs=6,
+    max_epochs=4,
     patience=2,
     batch_size=8,
     beamvq={
@@ -167,6 +167,8 @@ QUICK = Setup(
         "code_dim": 8,
         "top_k": 3,
         "head_epochs": 1,
+        "rounds": 1,
+        "epochs_per_round": 1,
         "head": {"hidden": 8, "prop_hidden": 8, "prop_depth": 1, "downsample": 2},
     },
     fractions=[0.5, 1.0],
@@ -297,7 +299,10 @@ def _config(setup: Setup, ds: DataSetup, backbone: str, seed: int, extra: list[s
     )
     cfg.data.options = dict(ds.options)
     cfg.model.options = dict(ds.backbones[backbone])
+    names = {f.name for f in dataclasses.fields(cfg.beamvq)}
     for key, value in setup.beamvq.items():
+        if key not in names:  # an option this version of BeamVQ does not have
+            continue
         if isinstance(value, dict):  # merge: keep the method's own defaults of other keys
             value = {**getattr(cfg.beamvq, key), **value}
         setattr(cfg.beamvq, key, value)
@@ -315,12 +320,14 @@ def _train(cfg: Any, out: Path) -> tuple[Any, float, list[dict[str, Any]]]:
     from physforecast.training.run import train
 
     cfg.out = str(out)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    with _quiet():
+    with _quiet(), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
         train(cfg, evaluate=False)
     seconds = time.perf_counter() - t0
-    run = RunDir(out)
-    return run.load_model("best"), seconds, run.read_metrics()
+    records = RunDir(out).read_metrics()
+    records.append({"cpu_seconds": time.process_time() - cpu0})
+    return RunDir(out).load_model("best"), seconds, records
 
 
 def _stages(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -425,6 +432,7 @@ def _contender(
     name = f"{ds.name}-{backbone}-{kind}-f{fraction}-s{seed}"
     out = work / name
     loaded, seconds, records = _train(cfg, out)
+    cpu = records.pop()["cpu_seconds"]
     data = prepare_data(cfg, loaded.normalizer)
     model = loaded.model
     entry: dict[str, Any] = {
@@ -435,6 +443,7 @@ def _contender(
         "seed": seed,
         "overrides": overrides,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "stages": _stages(records),
         "params": _params(model),
         "params_backbone": _params(getattr(model, "backbone", model)),
@@ -498,10 +507,19 @@ def _ablations(
     return rows
 
 
-def _wall_epochs(sup: dict[str, Any], target_s: float, setup: Setup) -> int:
-    per_epoch = sup["seconds"] / max(1, sup["stages"]["main"]["epochs"])
+def _wall_epochs(sup: dict[str, Any], bvq: dict[str, Any], setup: Setup) -> int:
+    """Epochs of the backbone alone that take the wall time of the BeamVQ run.
+
+    The machine's load changes between runs, so the estimate uses only ratios measured
+    within one run: the BeamVQ run's time over its backbone stage's training time per
+    epoch (same backbone, same data, same load), divided by the converged run's ratio of
+    its whole time to its training loop time (validation and setup overhead).
+    """
+    stage = bvq["stages"].get("backbone") or next(iter(bvq["stages"].values()))
+    per_epoch = stage["s"] / max(1, stage["epochs"])
+    overhead = sup["seconds"] / max(1e-9, sup["stages"]["main"]["s"])
     cap = int(setup.wall_cap * setup.max_epochs)
-    return max(1, min(cap, round(target_s / per_epoch)))
+    return max(1, min(cap, round(bvq["seconds"] / (per_epoch * overhead))))
 
 
 def measure(
@@ -509,6 +527,7 @@ def measure(
     *,
     results: str | os.PathLike | None = None,
     only: tuple[str, ...] | None = None,
+    backbones: tuple[str, ...] | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Run every contender of ``setup``; returns (and, with ``results``, saves) the raw results.
@@ -522,6 +541,8 @@ def measure(
         interrupted run continues), new ones are added after each contender.
     only : tuple of str, optional
         Contender kinds to run (default: all that the installed BeamVQ supports).
+    backbones : tuple of str, optional
+        Backbones to run (default: all of each dataset).
     log : callable, optional
         Called with a line per finished contender.
     """
@@ -584,9 +605,9 @@ def measure(
         for seed in setup.seeds:  # seed-major: a partial run has whole seeds
             for ds in setup.datasets:
                 for backbone in ds.backbones:
-                    kinds = ["supervised", "beamvq"]
+                    kinds = ["supervised", "beamvq", "supervised_wall"]
                     if backbone in setup.control_backbones:
-                        kinds += ["beamvq_identity", "supervised_wall"]
+                        kinds.append("beamvq_identity")
                     jobs += [(ds, backbone, seed, kind, 1.0) for kind in kinds]
             if keys["data.train_fraction"]:
                 for frac in setup.fractions:
@@ -598,13 +619,15 @@ def measure(
         for ds, backbone, seed, kind, frac in jobs:
             if kind not in wanted or (ds.name, backbone, kind, frac, seed) in done:
                 continue
+            if backbones is not None and backbone not in backbones:
+                continue
             extra: list[str] = []
             if kind == "supervised_wall":
                 sup = find(ds.name, backbone, "supervised", frac, seed)
                 bvq = find(ds.name, backbone, "beamvq", frac, seed)
                 if sup is None or bvq is None:
                     continue
-                epochs = _wall_epochs(sup, bvq["seconds"], setup)
+                epochs = _wall_epochs(sup, bvq, setup)
                 extra = [f"train.epochs={epochs}", "train.patience=0"]
             keep: dict[str, Any] = {}
             ablate = (
@@ -979,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="raw results file (reused and extended)")
     p.add_argument("--page", help="write the Markdown page here")
     p.add_argument("--only", help="comma-separated contender kinds to run")
+    p.add_argument("--backbones", help="comma-separated backbones to run")
     p.add_argument("--render", action="store_true", help="only render --json to --page")
     p.add_argument("--drop", help="comma-separated kinds whose saved results to measure again")
     args = p.parse_args(argv)
@@ -997,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
             QUICK if args.quick else FULL,
             results=args.json,
             only=only,
+            backbones=tuple(args.backbones.split(",")) if args.backbones else None,
             log=lambda line: print(line, flush=True),
         )
     text = report(res)
