@@ -73,6 +73,10 @@ class DataConfig:
     normalize : str
         ``channel``: a mean and std per channel (each level of a variable on its own);
         ``variable``: one per variable, shared by its levels.
+    train_fraction : float
+        Fraction of the training trajectories that are labelled (in (0, 1]); the rest
+        form an unlabelled pool whose inputs a method may use without their truth
+        (BeamVQ's ``beamvq.pseudo=unlabelled``), for data-scarcity experiments.
     """
 
     dataset: str = "ns2d"
@@ -87,6 +91,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
     in_memory_mb: float = 256.0
     normalize: str = "channel"
+    train_fraction: float = 1.0
 
 
 @dataclass
@@ -383,6 +388,12 @@ def check_config(cfg: Config) -> None:
         ("data.batch_size", cfg.data.batch_size, cfg.data.batch_size >= 1, ">= 1"),
         ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, ">= 0"),
         ("data.in_memory_mb", cfg.data.in_memory_mb, cfg.data.in_memory_mb >= 0, ">= 0"),
+        (
+            "data.train_fraction",
+            cfg.data.train_fraction,
+            0 < cfg.data.train_fraction <= 1,
+            "in (0, 1] (1: every training trajectory is labelled)",
+        ),
     ]
     steps = cfg.train.max_steps_per_epoch
     if steps is not None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CodeBankConfig", "CodeBank", "Quantizer", "QuantizerOutput"]
+__all__ = ["CodeBankConfig", "CodeBank", "Quantizer", "QuantizerOutput", "IdentityQuantizer"]
 
 
 @dataclass(frozen=True)
@@ -405,3 +405,34 @@ class Quantizer(nn.Module):
         lead = z.shape[:-1]
         dist, idx = self.bank.topk(self._flat(z.detach()), k)
         return dist.reshape(*lead, k), idx.reshape(*lead, k)
+
+
+class IdentityQuantizer(nn.Module):
+    """The no-VQ control: the same head with the code bank replaced by the identity.
+
+    ``forward(z)`` returns ``z`` itself (indices all zero, no commitment loss), so every
+    one of the K candidates of a head that uses it is the top-1 forecast: what the
+    head's encoder, propagator and decoder do without any codes.
+
+    Parameters
+    ----------
+    in_dim : int
+        Feature size of the vectors (``(..., in_dim)``, channels last).
+    """
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.in_dim = int(in_dim)
+
+    def forward(self, z: torch.Tensor, *, update: bool | None = None) -> QuantizerOutput:
+        """``z`` (..., in_dim) unchanged, zero indices (...), a zero loss."""
+        if z.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"IdentityQuantizer expects channels-last input (..., {self.in_dim}); got {tuple(z.shape)}"
+            )
+        idx = torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device)
+        return QuantizerOutput(z, idx, z.new_zeros(()), {})
+
+    def candidates(self, z: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``K = indices.shape[0]`` copies of ``z``: ``(K, ..., in_dim)``."""
+        return z.unsqueeze(0).expand(indices.shape[0], *z.shape)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .candidates import candidate_indices
-from .codebank import CodeBankConfig, Quantizer
+from .codebank import CodeBankConfig, IdentityQuantizer, Quantizer
 
 __all__ = ["TopKVQHead", "HeadOutput", "head_loss"]
 
@@ -52,6 +52,11 @@ class HeadOutput(NamedTuple):
         When only some of the K candidates were decoded: their ranks (0 first).
     k : int
         The number of candidates ``K`` they were drawn from.
+    log_prob : Tensor, optional
+        With ``log_prob=True`` and ``temperature > 0``: the log-probability ``(B, K)`` of
+        each sampled candidate under the per-position sampling distribution (the sum over
+        latent positions), differentiable with respect to the latent; 0 for candidate 0,
+        which is not sampled.
     """
 
     candidates: torch.Tensor
@@ -61,6 +66,7 @@ class HeadOutput(NamedTuple):
     logs: dict[str, float]
     ranks: tuple[int, ...] | None = None
     k: int = 0
+    log_prob: torch.Tensor | None = None
 
 
 class _Residual(nn.Module):
@@ -139,6 +145,9 @@ class TopKVQHead(nn.Module):
         Output mode: decode a correction added to the backbone forecast.
     kmeans_init : bool
         Initialise the codes by k-means on the first training batch.
+    quantizer : {"vq", "identity"}
+        ``vq``: the code bank; ``identity``: the no-VQ control (:class:`IdentityQuantizer`,
+        every candidate is the top-1 forecast).
     """
 
     def __init__(
@@ -156,8 +165,12 @@ class TopKVQHead(nn.Module):
         prop_depth: int = 2,
         residual: bool = True,
         kmeans_init: bool = True,
+        quantizer: str = "vq",
     ) -> None:
         super().__init__()
+        if quantizer not in ("vq", "identity"):
+            raise ValueError(f"TopKVQHead quantizer must be 'vq' or 'identity'; got {quantizer!r}")
+        self.quantizer_kind = quantizer
         if mode not in ("output", "latent"):
             raise ValueError(f"TopKVQHead mode must be 'output' or 'latent'; got {mode!r}")
         if downsample not in (2, 4):
@@ -197,7 +210,9 @@ class TopKVQHead(nn.Module):
                 nn.Upsample(scale_factor=2, mode="nearest"),
                 last,
             )
-            self.quantizer = Quantizer(code_dim, bank_cfg)
+            self.quantizer = (
+                Quantizer(code_dim, bank_cfg) if quantizer == "vq" else IdentityQuantizer(code_dim)
+            )
         else:
             self.encoder = self.propagator = self.decoder = None
             self._latent_dim: int | None = None
@@ -208,7 +223,11 @@ class TopKVQHead(nn.Module):
     def _latent_quantizer(self, dim: int, device: torch.device) -> Quantizer:
         if self.quantizer is None:
             self._latent_dim = dim
-            self.quantizer = Quantizer(dim, self._bank_cfg).to(device)
+            self.quantizer = (
+                Quantizer(dim, self._bank_cfg).to(device)
+                if self.quantizer_kind == "vq"
+                else IdentityQuantizer(dim)
+            )
             self.quantizer.train(self.training)
         elif dim != self._latent_dim:
             raise ValueError(f"latent dim changed from {self._latent_dim} to {dim}")
@@ -230,14 +249,21 @@ class TopKVQHead(nn.Module):
         temperature: float,
         generator: torch.Generator | None,
         ranks: tuple[int, ...] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Quantize channels-last ``z_last`` (..., D): candidates (K', ..., D), indices, loss, logs.
+        log_prob: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float], torch.Tensor | None]:
+        """Quantize channels-last ``z_last`` (..., D): candidates (K', ..., D), indices, loss,
+        logs and (with ``log_prob``) the candidates' log-probabilities (K', *z_last.shape[:1]).
 
         ``K' = K``, or ``len(ranks)`` when only the candidates of those ranks are wanted.
         """
         out = quantizer(z_last, update=False)
         logs = {key: float(v) for key, v in out.breakdown.items()}
-        if k == 1:
+        logp = None
+        if isinstance(quantizer, IdentityQuantizer):
+            n = len(ranks) if ranks is not None else k
+            cand_idx = out.indices.unsqueeze(0).expand(n, *out.indices.shape)
+            q = quantizer.candidates(out.quantized, cand_idx)
+        elif k == 1:
             q, cand_idx = out.quantized.unsqueeze(0), out.indices.unsqueeze(0)
         else:
             pool = min(quantizer.cfg.num_codes, 2 * k if temperature > 0 else k)
@@ -246,10 +272,12 @@ class TopKVQHead(nn.Module):
             cand_idx[0] = out.indices  # candidate 0 is the top-1 forecast, exactly
             if ranks is not None:
                 cand_idx = cand_idx[list(ranks)]
+            if log_prob and temperature > 0:
+                logp = _sampling_log_prob(quantizer, z_last, dist, idx, cand_idx, temperature)
             q = quantizer.candidates(z_last, cand_idx)
-        if quantizer.training:  # after reading the candidates from the same codes
-            quantizer.update_(z_last, out.indices)
-        return q, cand_idx, out.loss, logs
+        if quantizer.training and isinstance(quantizer, Quantizer):
+            quantizer.update_(z_last, out.indices)  # after reading the candidates
+        return q, cand_idx, out.loss, logs, logp
 
     # -- forward -------------------------------------------------------------------------
     def forward(
@@ -262,6 +290,7 @@ class TopKVQHead(nn.Module):
         generator: torch.Generator | None = None,
         base: torch.Tensor | None = None,
         ranks: tuple[int, ...] | None = None,
+        log_prob: bool = False,
     ) -> HeadOutput:
         """K candidate forecasts of ``x`` (B, T_in, C, H, W).
 
@@ -283,6 +312,9 @@ class TopKVQHead(nn.Module):
         ranks : tuple of int, optional
             Decode only the candidates of these ranks (starting with 0), e.g. ``(0, r)``
             with a random ``r`` to train on a cheap unbiased sample of the K candidates.
+        log_prob : bool
+            Also return the sampled candidates' log-probabilities (``temperature > 0``),
+            differentiable: the policy-gradient stage of BeamVQ.
         """
         if ranks is not None:
             ranks = tuple(int(r) for r in ranks)
@@ -293,12 +325,14 @@ class TopKVQHead(nn.Module):
             if k == 1:
                 ranks = None
         if self.mode == "output":
-            out = self._forward_output(x, cond, k, temperature, generator, base, ranks)
+            out = self._forward_output(x, cond, k, temperature, generator, base, ranks, log_prob)
         else:
-            out = self._forward_latent(x, cond, k, temperature, generator, ranks)
+            out = self._forward_latent(x, cond, k, temperature, generator, ranks, log_prob)
         return out._replace(ranks=ranks, k=k)
 
-    def _forward_output(self, x, cond, k, temperature, generator, base, ranks) -> HeadOutput:
+    def _forward_output(
+        self, x, cond, k, temperature, generator, base, ranks, log_prob=False
+    ) -> HeadOutput:
         y0 = self.backbone(x, cond) if base is None else base
         b, t, c, h, w = y0.shape
         if h % self.downsample or w % self.downsample:
@@ -309,8 +343,8 @@ class TopKVQHead(nn.Module):
         feat = self.encoder(y0.reshape(b * t, c, h, w))  # (B*T, D, h', w')
         d, hh, ww = feat.shape[1:]
         z_last = feat.reshape(b, t, d, hh, ww).permute(0, 1, 3, 4, 2)  # (B, T, h', w', D)
-        q, idx, vq_loss, logs = self._select(
-            self.quantizer, z_last, k, temperature, generator, ranks
+        q, idx, vq_loss, logs, logp = self._select(
+            self.quantizer, z_last, k, temperature, generator, ranks, log_prob
         )
         k = q.shape[0]
         q = q.permute(0, 1, 2, 5, 3, 4).reshape(k * b, t * d, hh, ww)  # (K*B, T*D, h', w')
@@ -318,9 +352,12 @@ class TopKVQHead(nn.Module):
         dec = self.decoder(q).reshape(k, b, t, c, h, w)
         if self.residual:
             dec = dec + y0.unsqueeze(0)
-        return HeadOutput(dec.transpose(0, 1), y0, idx, vq_loss, logs)
+        lp = None if logp is None else logp.t()
+        return HeadOutput(dec.transpose(0, 1), y0, idx, vq_loss, logs, log_prob=lp)
 
-    def _forward_latent(self, x, cond, k, temperature, generator, ranks) -> HeadOutput:
+    def _forward_latent(
+        self, x, cond, k, temperature, generator, ranks, log_prob=False
+    ) -> HeadOutput:
         latent = self.backbone.encode(x, cond)
         z = latent.z
         b = z.shape[0]
@@ -331,7 +368,9 @@ class TopKVQHead(nn.Module):
         else:
             raise ValueError(f"latent z must be (B, D, h, w) or (B, N, D); got {tuple(z.shape)}")
         quantizer = self._latent_quantizer(z_last.shape[-1], z.device)
-        q, idx, vq_loss, logs = self._select(quantizer, z_last, k, temperature, generator, ranks)
+        q, idx, vq_loss, logs, logp = self._select(
+            quantizer, z_last, k, temperature, generator, ranks, log_prob
+        )
         k = q.shape[0]
         q = q.reshape(k * b, *z_last.shape[1:])
         if z.ndim == 4:
@@ -342,7 +381,36 @@ class TopKVQHead(nn.Module):
         y = y.reshape(k, b, *y.shape[1:]).transpose(0, 1)
         with torch.no_grad():
             base = self.backbone.decode(latent, cond)
-        return HeadOutput(y, base, idx, vq_loss, logs)
+        lp = None if logp is None else logp.t()
+        return HeadOutput(y, base, idx, vq_loss, logs, log_prob=lp)
+
+
+def _sampling_log_prob(
+    quantizer: Quantizer,
+    z_last: torch.Tensor,
+    dist: torch.Tensor,
+    idx: torch.Tensor,
+    cand_idx: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Log-probabilities ``(K, B)`` of candidate code maps under per-position sampling.
+
+    The distribution of :func:`~.candidates.sampled_candidates`,
+    ``softmax(-(d - d_1) / (temperature * (d_P - d_1)))`` over the ``P`` retrieved codes,
+    with the distances ``d`` recomputed with gradients to ``z_last`` (B, ..., D) and the
+    per-position scale held fixed; summed over the positions. Candidate 0 is not sampled:
+    its log-probability is 0.
+    """
+    flat = quantizer.project_in(z_last).float().unsqueeze(-2)  # (B, ..., 1, D)
+    codes = quantizer.bank.lookup(idx)  # (B, ..., P, D)
+    d = (flat - codes).pow(2).sum(-1)  # (B, ..., P), differentiable
+    spread = (dist[..., -1:] - dist[..., :1]).clamp_min(1e-12)
+    logits = -(d - d[..., :1].detach()) / (temperature * spread)
+    logq = torch.log_softmax(logits, dim=-1)  # (B, ..., P)
+    pos = (idx.unsqueeze(0) == cand_idx.unsqueeze(-1)).float().argmax(-1)  # (K, B, ...)
+    picked = torch.gather(logq.unsqueeze(0).expand(pos.shape[0], *logq.shape), -1, pos[..., None])
+    out = picked.squeeze(-1).flatten(2).sum(-1)  # (K, B)
+    return torch.cat([torch.zeros_like(out[:1]), out[1:]])
 
 
 def head_loss(

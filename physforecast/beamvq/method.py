@@ -1,4 +1,4 @@
-"""``physforecast train --method beamvq``: backbone, then top-K VQ head, then self-training.
+"""``physforecast train --method beamvq``: backbone, head, critic, self-training, policy.
 
 With ``E = train.epochs`` epochs in total (the budget of a plain backbone run), a BeamVQ run
 spends
@@ -8,26 +8,34 @@ spends
 2. ``E_head = beamvq.head_epochs`` (default ``max(1, E // 5)``) epochs on backbone + head
    together (top-1 + mean of the K candidates + commitment, plus the backbone's own MSE in
    output mode), stage ``head``;
-3. ``rounds`` self-training rounds: beam search on the training windows, scored against
-   the truth and the physics by ``beamvq.scores``; the best ``keep_quantile`` of the
-   per-window best beams become pseudo-labelled windows, mixed in at ``mix_ratio``; then
-   ``epochs_per_round`` epochs, each capped at the step count of a real-data epoch, stages
-   ``round-1`` ... ``round-R``.
+3. the inference score's scales: every reference-free term of ``beamvq.scores`` divided
+   by its level on the true blocks of training windows (terms the data cannot compute
+   are left out, with a warning, and named in the evaluation report);
+4. with ``beamvq.critic``: SAMIA's user model, a critic fitted on the candidates of the
+   validation windows (held out) against their truth, then one more reference-free term;
+5. ``rounds`` self-training rounds on the inputs ``beamvq.pseudo`` names (``extend``:
+   the histories at the end of each training trajectory, whose future lies beyond the
+   labelled frames; ``unlabelled``: the trajectories ``data.train_fraction`` leaves out of
+   the labelled set): each input's best beam under the reference-free score, the best
+   ``keep_quantile`` of them kept, mixed in at ``mix_ratio``; then ``epochs_per_round``
+   epochs, each capped at the step count of a real-data epoch, stages ``round-1`` ...;
+6. with ``beamvq.policy_steps > 0``: REINFORCE with a baseline over the candidate
+   sampling distribution, the critic as reward, stage ``policy``.
 
-Every stage trains through the run's :class:`~physforecast.methods.RunContext`: under
-``torchrun`` on all ranks with DDP, checkpoints in ``checkpoints/<stage>/`` (rank 0), and a
-``--resume`` run replays the finished stages from their checkpoints and continues the
-interrupted one, ending with the weights an uninterrupted run ends with. An empty
-``beamvq.scores`` keeps *all* candidates unfiltered (the public code's behaviour). The
-trained :class:`~.forecaster.BeamVQForecaster` forecasts by beam search ranked by the
-reference-free part of ``beamvq.scores`` and averages the best ``beamvq.ensemble`` beams.
-Per-round records go to ``beamvq_rounds.jsonl``; ``physforecast evaluate`` adds the
-backbone vs top-1 vs BeamVQ table (``beamvq_eval.json``).
+Every stage trains through the run's :class:`~physforecast.methods.RunContext` (DDP,
+checkpoints, an exact ``--resume``; the critic is kept as a run artifact). The trained
+:class:`~.forecaster.BeamVQForecaster` forecasts by a beam search over blocks of
+``beamvq.block`` lead times (default ``ceil(T_out / 2)``: two blocks), width
+``beamvq.width``, ``beamvq.top_k`` candidates per expansion, ranked by that
+reference-free score, and averages the best ``beamvq.ensemble`` beams. Per-round records
+go to ``beamvq_rounds.jsonl``; ``physforecast evaluate`` adds the backbone vs top-1 vs
+beam vs best-of-K-by-truth report (``beamvq_eval.json``).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,25 +49,28 @@ from physforecast.data.spec import DataSpec
 from physforecast.errors import ConfigError
 from physforecast.methods import Method, RunContext
 from physforecast.registry import BACKBONES, METHODS, SCORES
-from physforecast.search.critic import CriticFilter
+from physforecast.search.critic import ContextCritic, CriticFilter
 from physforecast.search.scores import ScoreCombination
 from physforecast.training.trainer import Trainer, mse_loss_fn
 
 from .context import PhysicsContext
-from .evaluation import evaluate_beamvq, format_evaluation
+from .evaluation import beamvq_report, evaluate_beamvq
 from .forecaster import BeamVQForecaster
 from .head import TopKVQHead, head_loss
 from .selftrain import self_train
+from .stages import PSEUDO_SOURCES, fit_block_critic, policy_loss_fn, pseudo_pool, truth_scales
 
 __all__ = [
     "BeamVQConfig",
     "BeamVQMethod",
     "build_beamvq_model",
     "score_functions",
+    "resolve_block",
     "head_loss_fn",
     "epoch_split",
     "fit_stage",
     "run_self_training",
+    "DEFAULT_SCORES",
 ]
 
 #: ``fit(module, dataset, epochs, loss_fn, max_steps_per_epoch, stage) -> history``
@@ -70,10 +81,13 @@ FitFn = Callable[[nn.Module, Dataset, int, Callable, int | None, str], list[dict
 ROUNDS_LOG = "beamvq_rounds.jsonl"
 EVAL_REPORT = "beamvq_eval.json"
 
+#: The default inference score: reference-free (no truth needed).
+DEFAULT_SCORES = {"residual": 1.0}
+
 
 @dataclass
 class BeamVQConfig:
-    """BeamVQ: top-K VQ head, beam search and physics-filtered self-training.
+    """BeamVQ: top-K VQ head, temporal beam search, physics-filtered self-training.
 
     Attributes
     ----------
@@ -82,24 +96,51 @@ class BeamVQConfig:
         (quantize the backbone's own ``encode()`` latent).
     num_codes, code_dim : int
         Code bank size and code dimension.
+    quantizer : str
+        ``vq`` (the code bank) or ``identity`` (the no-VQ control: the same head, every
+        candidate the top-1 forecast).
     top_k : int
-        Candidates per forecast (K nearest codes).
+        Candidates per beam expansion (K).
     width : int
-        Beam width W.
+        Beam width W: the best W of the ``W * K`` extended beams survive each block.
+    block : int
+        Lead times per beam block (``1 <= block <= T_out``; a remainder becomes a shorter
+        last block); 0 means ``ceil(T_out / 2)``: a beam search over two blocks.
     temperature : float
-        Sampling temperature over code distances; 0 keeps the K nearest.
+        Per-position sampling over code distances for candidates ``1..K-1`` (0: the k-th
+        nearest code everywhere at once, the authors' scheme).
+    ensemble : int
+        Members of the top-m self-ensemble: the forecast is the mean of the best m beams.
+    scores : dict
+        Reference-free score name -> weight; ranks the beams at inference and filters the
+        pseudo-labels. Each term is divided by its level on the training truth. ``{}``
+        turns ranking off (the forecast is then the nearest-code top-1, and every
+        candidate becomes a pseudo-label).
+    critic : bool
+        Fit a critic on held-out (validation) candidates against their truth and add it
+        to the inference score as the ``critic`` term (weight ``critic_weight``).
+    critic_weight : float
+        Weight of the critic term.
+    critic_steps : int
+        Optimisation steps of the critic fit.
+    policy_steps : int
+        Steps of REINFORCE fine-tuning of the candidate distribution with the critic as
+        reward (0: off; needs ``critic`` and ``temperature > 0``).
+    policy_weight : float
+        Weight of the policy-gradient term beside the head's supervised loss.
+    pseudo : str
+        Inputs of the self-training pseudo-labels: ``extend`` (histories at the end of the
+        training trajectories, whose future is beyond the labelled frames),
+        ``unlabelled`` (the trajectories ``data.train_fraction < 1`` leaves unlabelled) or
+        ``none`` (no self-training; the rounds' epochs train on the real windows).
     rounds : int
         Self-training rounds R.
     epochs_per_round : int
         Training epochs after each round's pseudo-labels are added.
     keep_quantile : float
-        Fraction of scored candidates kept as pseudo-labels.
+        Fraction of the pool's best beams kept as pseudo-labels.
     mix_ratio : float
         Pseudo-labelled windows per real window in the training mix.
-    scores : dict
-        Score name -> weight, combined into one ranking score.
-    ensemble : int
-        Members of the top-m self-ensemble at evaluation.
     commitment : float
         Commitment-loss weight.
     decay : float
@@ -108,8 +149,9 @@ class BeamVQConfig:
         Epochs of backbone + head training before self-training; ``max(1, epochs // 5)``
         when omitted.
     head : dict
-        Extra :class:`~physforecast.beamvq.head.TopKVQHead` options (``hidden``,
-        ``prop_hidden``, ``prop_depth``, ``downsample``, ``residual``...).
+        Extra :class:`~physforecast.beamvq.head.TopKVQHead` options (``residual``,
+        ``hidden``, ``prop_hidden``, ``prop_depth``, ``downsample``...);
+        ``beamvq.head.residual=false`` decodes from the codes alone (the authors' form).
 
     Set them as ``--set beamvq.<key>=<value>`` or in a ``beamvq:`` YAML section.
     """
@@ -117,33 +159,63 @@ class BeamVQConfig:
     mode: str = "output"
     num_codes: int = 512
     code_dim: int = 64
-    top_k: int = 10
-    width: int = 3
+    quantizer: str = "vq"
+    top_k: int = 8
+    width: int = 4
+    block: int = 0
     temperature: float = 0.0
+    ensemble: int = 2
+    scores: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SCORES))
+    critic: bool = False
+    critic_weight: float = 1.0
+    critic_steps: int = 300
+    policy_steps: int = 0
+    policy_weight: float = 1.0
+    pseudo: str = "extend"
     rounds: int = 2
     epochs_per_round: int = 2
     keep_quantile: float = 0.5
     mix_ratio: float = 0.5
-    scores: dict[str, float] = field(default_factory=lambda: {"rmse": 1.0})
-    ensemble: int = 1
     commitment: float = 0.25
     decay: float = 0.99
     head_epochs: int | None = None
     head: dict[str, Any] = field(default_factory=dict)
 
 
-def score_functions(cfg: Config) -> tuple[ScoreCombination | None, ScoreCombination | None]:
-    """The (training, inference) score combinations of ``beamvq.scores``.
+def resolve_block(cfg: Config, out_steps: int) -> int:
+    """``beamvq.block``, with 0 meaning ``ceil(T_out / 2)``; checked against ``T_out``."""
+    block = int(cfg.beamvq.block) or max(1, math.ceil(out_steps / 2))
+    if not 1 <= block <= out_steps:
+        raise ConfigError(
+            f"beamvq.block={cfg.beamvq.block} is not valid: it must be in [1, T_out={out_steps}] "
+            "(0: ceil(T_out / 2))"
+        )
+    return block
 
-    Training ranks candidates with every term (those against the truth included);
-    inference with the reference-free terms only. ``None`` where there are none.
+
+def score_functions(cfg: Config) -> tuple[ScoreCombination | None, ScoreCombination | None]:
+    """The (self-training filter, inference) score combinations of ``beamvq.scores``.
+
+    Both are the same reference-free combination (plus the ``critic`` term with
+    ``beamvq.critic``); ``None`` when ``scores`` is empty. A term that compares with the
+    truth is refused: pseudo-labelled inputs and test inputs have none.
     """
-    weights = {k: v for k, v in cfg.beamvq.scores.items() if v > 0}
+    b = cfg.beamvq
+    weights = {k: float(v) for k, v in b.scores.items() if v > 0}
+    for name in weights:
+        SCORES.entry(name)  # unknown -> an error naming the valid ones
+        if SCORES.entry(name).meta["reference"]:
+            free = sorted(n for n in SCORES.names() if not SCORES.entry(n).meta["reference"])
+            raise ConfigError(
+                f"beamvq.scores has {name!r}, which compares with the truth; BeamVQ ranks "
+                f"forecasts and pseudo-labels without it. Use reference-free scores: "
+                f"{', '.join(free)}"
+            )
+    if b.critic and b.critic_weight > 0:
+        weights["critic"] = float(b.critic_weight)
     if not weights:
         return None, None
-    train = ScoreCombination(weights)
-    free = {k: v for k, v in weights.items() if not SCORES.entry(k).meta["reference"]}
-    return train, ScoreCombination(free) if free else None
+    return (ScoreCombination(weights, relative=True), ScoreCombination(weights, relative=True))
 
 
 def build_beamvq_model(
@@ -176,6 +248,7 @@ def build_beamvq_model(
         code_dim=b.code_dim,
         commitment=b.commitment,
         decay=b.decay,
+        quantizer=b.quantizer,
         **{**b.head, **head_options},
     )
     if b.mode == "latent":
@@ -189,15 +262,23 @@ def build_beamvq_model(
         head.materialize(x, cond)
     _, infer = score_functions(cfg)
     context = PhysicsContext(backbone.in_channels, backbone.cond_dim)
+    block = resolve_block(cfg, backbone.out_steps)
+    critic = None
+    if b.critic:
+        critic = ContextCritic(
+            backbone.out_channels, block, context=min(2, backbone.in_steps), hidden=32
+        )
     return BeamVQForecaster(
         head,
         top_k=b.top_k,
         width=b.width,
         ensemble=b.ensemble,
         temperature=b.temperature,
+        block=block,
         score=infer,
         context_fn=context,
         seed=cfg.train.seed,
+        critic=critic,
     )
 
 
@@ -283,19 +364,22 @@ def run_self_training(
     sample: int = 0,
     fit: FitFn | None = None,
 ) -> list[dict[str, Any]]:
-    """The self-training rounds of :func:`train_beamvq` (also used by the benchmark).
+    """The self-training rounds of a BeamVQ run (also used by the benchmark).
 
     Parameters
     ----------
     model : BeamVQForecaster
         Trained backbone + head; trained further in place.
     score : ScoreCombination, optional
-        Penalty of the generated beams against the truth/physics; None keeps all K
-        candidates unfiltered (with ``select`` keeping everything).
+        Penalty of the generated beams; a reference-free one needs no truth in the pool.
+        A reference score (the pool must then hold ``y``) makes an oracle filter, for
+        ablations. None keeps all K candidates unfiltered (with ``select`` keeping
+        everything).
     select : CriticFilter
         Which candidates survive.
     pool : Dataset, optional
-        Windows to pseudo-label (default: ``train_data``).
+        Windows to pseudo-label (default: ``train_data``); e.g.
+        :func:`~.stages.pseudo_pool`, inputs whose truth is never read.
     log : callable, optional
         Called with each round's record.
     sample : int
@@ -309,8 +393,8 @@ def run_self_training(
     device = next(model.parameters()).device
     bs = cfg.data.batch_size
     pool_loader = DataLoader(pool if pool is not None else train_data, batch_size=bs, shuffle=False)
-    calibrated = [score is None]
     head = model.head
+    last_scores: list[torch.Tensor] = []
 
     def cond_of(batch: dict) -> torch.Tensor | None:
         return batch["params"].to(device) if head.backbone.cond_dim else None
@@ -321,20 +405,22 @@ def run_self_training(
         with torch.no_grad():
             if score is None:
                 return model.candidates(x, cond_of(batch))
-            return model.search(
-                x, cond_of(batch), score=score, target=batch["y"].to(device)
-            ).sequences
+            target = None
+            if score.reference:
+                if batch.get("y") is None:
+                    raise ValueError(
+                        f"score {sorted(score.weights)} compares with the truth, but the "
+                        "pool has none (its windows are inputs only)"
+                    )
+                target = batch["y"].to(device)
+            result = model.search(x, cond_of(batch), score=score, target=target)
+            last_scores[:] = [result.scores.cpu()]
+            return result.sequences
 
     def penalty(cands: torch.Tensor, batch: dict) -> torch.Tensor:
         if score is None:
             return torch.zeros(cands.shape[:2])
-        ctx = model.context_fn(batch["x"].to(device), cond_of(batch))
-        ctx.target = batch["y"].to(device)
-        ctx.mask = batch.get("mask").to(device) if batch.get("mask") is not None else None
-        if not calibrated[0]:
-            score.calibrate(cands, ctx)
-            calibrated[0] = True
-        return score(cands, ctx).cpu()
+        return last_scores[0]  # each beam's accumulated penalty, as the search ranked it
 
     steps = _steps_per_epoch(cfg, len(train_data))
     loss = head_loss_fn(
@@ -355,11 +441,13 @@ def run_self_training(
         if val_data is None:
             return {}
         loader = DataLoader(val_data, batch_size=bs, shuffle=False)
-        res = evaluate_beamvq(model, loader, max_batches=eval_batches, metrics=("rmse",))
+        res = evaluate_beamvq(
+            model, loader, max_batches=eval_batches, metrics=("rmse",), oracle=False
+        )
         return {
             f"{kind}_rmse": float(torch.tensor(v["rmse"]).mean())
             for kind, v in res.items()
-            if kind != "truth"
+            if "rmse" in v
         }
 
     records, _ = self_train(
@@ -379,19 +467,53 @@ def run_self_training(
     return records
 
 
+def _warn(ctx: RunContext, line: str) -> None:
+    if ctx.is_main:
+        print(f"beamvq: {line}", file=sys.stderr, flush=True)
+
+
 @METHODS.register(
     "beamvq",
     config=BeamVQConfig,
-    description="top-K VQ head, beam search and physics-filtered self-training",
+    description="top-K VQ head, temporal beam search and physics-filtered self-training",
 )
 class BeamVQMethod(Method):
-    """BeamVQ as a method: the backbone's spec, a head on it, three kinds of stages."""
+    """BeamVQ as a method: the backbone's spec, a head on it, its stages (module docstring)."""
 
     name = "beamvq"
 
     def check(self, cfg: Config, data: DataSpec) -> None:
+        b = cfg.beamvq
         epoch_split(cfg)  # enough epochs for every stage
-        score_functions(cfg)  # the scores exist
+        score_functions(cfg)  # the scores exist and need no truth
+        resolve_block(cfg, data.out_steps)
+        rules = [
+            ("beamvq.top_k", b.top_k, b.top_k >= 1, ">= 1"),
+            ("beamvq.width", b.width, b.width >= 1, ">= 1"),
+            ("beamvq.ensemble", b.ensemble, 1 <= b.ensemble <= max(1, b.width), "in [1, width]"),
+            ("beamvq.temperature", b.temperature, b.temperature >= 0, ">= 0"),
+            ("beamvq.policy_steps", b.policy_steps, b.policy_steps >= 0, ">= 0 (0: off)"),
+            ("beamvq.keep_quantile", b.keep_quantile, 0 < b.keep_quantile <= 1, "in (0, 1]"),
+        ]
+        for key, value, ok, want in rules:
+            if not ok:
+                raise ConfigError(f"{key}={value!r} is not valid: it must be {want}")
+        if b.quantizer not in ("vq", "identity"):
+            raise ConfigError(f"beamvq.quantizer={b.quantizer!r} is not one of vq, identity")
+        if b.pseudo not in PSEUDO_SOURCES:
+            raise ConfigError(
+                f"beamvq.pseudo={b.pseudo!r} is not one of {', '.join(PSEUDO_SOURCES)}"
+            )
+        if b.pseudo == "unlabelled" and cfg.data.train_fraction >= 1:
+            raise ConfigError(
+                "beamvq.pseudo=unlabelled needs data.train_fraction < 1 (the unlabelled "
+                "trajectories); or use beamvq.pseudo=extend"
+            )
+        if b.policy_steps > 0 and (not b.critic or b.temperature <= 0):
+            raise ConfigError(
+                "beamvq.policy_steps > 0 needs beamvq.critic=true (the reward) and "
+                "beamvq.temperature > 0 (a distribution to sample)"
+            )
 
     def build(self, spec: dict[str, Any], cfg: Config, data: DataSpec) -> BeamVQForecaster:
         return build_beamvq_model(cfg, spec, example_size=data.layout.shape)
@@ -400,15 +522,42 @@ class BeamVQMethod(Method):
         cfg, b, data = ctx.cfg, ctx.cfg.beamvq, ctx.data
         e_backbone, e_head, e_round = epoch_split(cfg)
         model = self.build(self.model_spec(cfg, data.spec), cfg, data.spec)
+        model.to(ctx.device)
         model.context_fn.fill(data)
+        self._calibrate(model, ctx)  # before any training: refuses unusable scores early
         head = model.head
         ctx.trainer(head.backbone, stage="backbone", epochs=e_backbone).fit(data.train, data.val)
         loss = head_loss_fn(b.top_k, b.temperature, 1.0 if b.mode == "output" else 0.0)
         ctx.trainer(head, stage="head", loss_fn=loss, epochs=e_head).fit(data.train, data.val)
-        train_score, _ = score_functions(cfg)
+        head.eval()
+        bs = cfg.data.batch_size
+        if model.critic is not None:
+
+            def make_critic() -> dict[str, torch.Tensor]:
+                val = data.val if len(data.val) else data.train
+                critic, fit_logs = fit_block_critic(
+                    model,
+                    DataLoader(val, batch_size=bs, shuffle=False),
+                    steps=b.critic_steps,
+                    seed=cfg.train.seed,
+                    device=ctx.device,
+                )
+                state = {k: v.detach().cpu() for k, v in critic.state_dict().items()}
+                return {**state, **{k: torch.tensor(v) for k, v in fit_logs.items()}}
+
+            saved = ctx.artifact("critic", make_critic)
+            names = set(model.critic.state_dict())
+            model.critic.load_state_dict({k: v for k, v in saved.items() if k in names})
+            model.critic.to(ctx.device).eval()
+            _warn(
+                ctx,
+                f"critic fitted on held-out candidates: Spearman with the true "
+                f"log-RMSE {float(saved['critic_spearman']):+.3f}",
+            )
+        infer = model.inference_score
         select = (
             CriticFilter(per_sample=1, keep_fraction=b.keep_quantile)
-            if train_score is not None
+            if infer is not None
             else CriticFilter(per_sample=None)
         )
         ctx.run.write_text(ROUNDS_LOG, "")  # a resumed run replays every round's record
@@ -419,24 +568,64 @@ class BeamVQMethod(Method):
             )
             return trainer.fit(dataset)
 
-        run_self_training(
-            model,
-            cfg,
-            data.train,
-            data.val,
-            score=train_score,
-            select=select,
-            rounds=b.rounds,
-            epochs_per_round=e_round,
-            log=lambda record: ctx.run.append_record(ROUNDS_LOG, record),
-            fit=fit_round,
-        )
+        pool = pseudo_pool(b.pseudo, data)
+        if pool is None:  # the control: the rounds' epochs on the real windows only
+            for r in range(1, b.rounds + 1):
+                fit_round(head, data.train, e_round, loss, None, f"round-{r}")
+        else:
+            run_self_training(
+                model,
+                cfg,
+                data.train,
+                data.val,
+                score=infer,
+                select=select,
+                rounds=b.rounds,
+                epochs_per_round=e_round,
+                pool=pool,
+                log=lambda record: ctx.run.append_record(
+                    ROUNDS_LOG, {**record, "pool": pool.name, "pool_windows": len(pool)}
+                ),
+                fit=fit_round,
+            )
+        if b.policy_steps > 0:
+            policy = policy_loss_fn(
+                model, weight=b.policy_weight, base_weight=1.0 if b.mode == "output" else 0.0
+            )
+            trainer = ctx.trainer(
+                head, stage="policy", loss_fn=policy, epochs=1, max_steps_per_epoch=b.policy_steps
+            )
+            trainer.fit(data.train)
         model.eval()
         ctx.save_model(model)
         return model
+
+    @staticmethod
+    def _calibrate(model: BeamVQForecaster, ctx: RunContext) -> None:
+        """Scale every score term by its level on the training truth; drop (loudly) the
+        terms this data cannot compute, and refuse a score left empty."""
+        score = model.score
+        if score is None:
+            return
+        loader = DataLoader(ctx.data.train, batch_size=ctx.cfg.data.batch_size, shuffle=False)
+        scales, missing = truth_scales(model, score, loader, device=ctx.device)
+        model.set_score_scales(scales)
+        if missing:
+            model.deactivate_scores(missing)
+            _warn(
+                ctx,
+                f"score term(s) {', '.join(missing)} cannot be computed on this data and are "
+                "left out of the inference score",
+            )
+        if model.inference_score is None:
+            raise ConfigError(
+                f"none of beamvq.scores ({', '.join(score.weights)}) can be computed on this "
+                "data (the residual needs a vorticity variable with a viscosity, or u and v); "
+                "set beamvq.critic=true (a learned score) or beamvq.scores={spectral: 1.0}"
+            )
 
     def evaluate(self, model: nn.Module, ctx: RunContext) -> str:
         loader = DataLoader(ctx.data.test, batch_size=ctx.cfg.data.batch_size)
         result = evaluate_beamvq(model, loader, device=ctx.device)
         ctx.run.write_json(EVAL_REPORT, result)
-        return "backbone alone vs BeamVQ (test split, per lead time):\n" + format_evaluation(result)
+        return beamvq_report(model, result, windows=len(ctx.data.test))

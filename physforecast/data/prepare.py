@@ -35,6 +35,9 @@ class PreparedData:
         Fitted on the training split (or the resumed run's).
     spec : DataSpec
         Layout, parameters, steps and system: what the model will expect.
+    unlabelled : ForecastWindows, optional
+        Windows of the training trajectories left out of ``train`` by
+        ``data.train_fraction < 1``: inputs whose truth no method may train on.
     """
 
     dataset: xr.Dataset
@@ -43,6 +46,7 @@ class PreparedData:
     test: ForecastWindows
     normalizer: Normalizer
     spec: DataSpec
+    unlabelled: ForecastWindows | None = None
 
     @property
     def layout(self) -> ChannelLayout:
@@ -94,6 +98,7 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
     params = list(data.params or [])
     check_split_lengths(ds, data.split, data.in_steps, data.out_steps, seed=cfg.train.seed)
     splits = split_indices(ds, data.split, seed=cfg.train.seed)
+    splits, pool = _labelled(splits, data.train_fraction, cfg.train.seed)
     if normalizer is None:
         normalizer = Normalizer.fit(ds, layout, params, selection=splits[0], per=data.normalize)
     elif normalizer.variables != layout.variables:
@@ -116,4 +121,23 @@ def prepare_data(cfg: Config, normalizer: Normalizer | None = None) -> PreparedD
         str(ds.attrs.get("system", "")),
         _scalar_attrs(ds),
     )
-    return PreparedData(ds, *parts, normalizer, spec)
+    unlabelled = None
+    if pool is not None:
+        unlabelled = ForecastWindows(
+            ds, layout.variables, data.in_steps, data.out_steps, selection=pool, **kw
+        )
+    return PreparedData(ds, *parts, normalizer, spec, unlabelled)
+
+
+def _labelled(
+    splits: list[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Keep a seeded ``fraction`` of the training trajectories (>= 1); the rest is the pool."""
+    traj = splits[0].get("trajectory")
+    if fraction >= 1 or traj is None or len(traj) < 2:
+        return splits, None
+    n_keep = max(1, int(round(fraction * len(traj))))
+    order = np.random.default_rng(seed + 1).permutation(len(traj))
+    keep, rest = np.sort(traj[order[:n_keep]]), np.sort(traj[order[n_keep:]])
+    pool = {"trajectory": rest} if len(rest) else None
+    return [{"trajectory": keep}, *splits[1:]], pool

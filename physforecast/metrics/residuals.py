@@ -124,6 +124,7 @@ def ns_vorticity_residual(
     dt: float,
     nu: float | Tensor,
     forcing: str | float | Tensor = "ns2d",
+    time_scheme: str = "central",
 ) -> Tensor:
     """RMS residual of the 2-D incompressible Navier-Stokes vorticity equation.
 
@@ -146,12 +147,41 @@ def ns_vorticity_residual(
     forcing : "ns2d", float or torch.Tensor
         ``"ns2d"`` is :func:`ns_forcing`; a number or a tensor broadcastable to (H, W) or
         to ``pred`` gives any other forcing (0 for the unforced equation).
+    time_scheme : {"central", "midpoint"}
+        ``central``: the residual at every frame, with central time differences inside
+        and one-sided ones at the two ends. ``midpoint``: the residual halfway between
+        consecutive frames, ``(w_t - w_{t-1}) / dt`` against the spatial terms of
+        ``(w_t + w_{t-1}) / 2`` (Crank-Nicolson): the same second-order stencil for every
+        pair, so no end frame is differenced differently from the others.
 
     Returns
     -------
     torch.Tensor
-        Shape (..., T).
+        Shape (..., T) (``central``) or (..., T - 1) (``midpoint``: pair ``t`` is frames
+        ``t`` and ``t + 1``).
     """
+    if time_scheme not in ("central", "midpoint"):
+        raise ValueError(
+            f"ns_vorticity_residual: time_scheme must be 'central' or 'midpoint'; got {time_scheme!r}"
+        )
+    if time_scheme == "midpoint":
+        if pred.shape[-3] < 2:
+            raise ValueError("ns_vorticity_residual(midpoint) needs at least 2 frames")
+        dw = (pred[..., 1:, :, :] - pred[..., :-1, :, :]) / float(dt)
+        mid = 0.5 * (pred[..., 1:, :, :] + pred[..., :-1, :, :])
+        return _vorticity_residual(mid, dw, weights, mask, dx, dy, nu, forcing)
+    if pred.shape[-3] < 2:
+        raise ValueError(
+            f"a time derivative needs at least 2 frames along dim -3, got {pred.shape[-3]}"
+        )
+    w_field, _ = _field(pred, weights, mask, "ns_vorticity_residual")
+    return _vorticity_residual(
+        pred, time_derivative(w_field, dt, dim=-3), weights, mask, dx, dy, nu, forcing
+    )
+
+
+def _vorticity_residual(pred, dw_dt, weights, mask, dx, dy, nu, forcing) -> Tensor:
+    """RMS of ``dw_dt + u . grad(w) - nu lap(w) - f`` for the vorticity ``pred`` (..., T, H, W)."""
     w_field, w = _field(pred, weights, mask, "ns_vorticity_residual")
     h, wd = w_field.shape[-2:]
     ops = _Spectral(w_field, dx, dy)
@@ -167,7 +197,7 @@ def ns_vorticity_residual(
         f = ns_forcing(h, wd, dx=dx, dy=dy, dtype=w_field.dtype).to(w_field.device)
     else:
         f = torch.as_tensor(forcing, dtype=w_field.dtype, device=w_field.device)
-    r = time_derivative(w_field, dt, dim=-3) + u * wx + v * wy - nu_t * ops.laplacian(w_hat) - f
+    r = dw_dt.to(w_field.dtype) + u * wx + v * wy - nu_t * ops.laplacian(w_hat) - f
     return torch.sqrt(spatial_mean(r**2, w))
 
 

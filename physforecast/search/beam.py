@@ -35,7 +35,7 @@ class BeamResult:
     ----------
     sequences : Tensor
         Generated blocks of each beam concatenated along time, ``(B, W, L, ...)``
-        with ``L = steps * Lb`` (the history ``init`` is not included).
+        with ``L`` the sum of the blocks' lengths (the history ``init`` is not included).
     scores : Tensor
         Beam penalties ``(B, W)``, ascending (lower is better).
     choices : Tensor
@@ -71,7 +71,8 @@ def beam_search(
     step_fn : callable
         ``step_fn(seq, step)`` maps the sequences so far, ``(N, L, ...)`` (history and
         chosen blocks, concatenated along dim 1), to ``K`` candidate next blocks
-        ``(N, K, Lb, ...)``. ``K`` and ``Lb`` must not change between steps.
+        ``(N, K, Lb, ...)``. ``K`` must not change between steps; the block length
+        ``Lb`` may (a shorter last block).
     score_fn : callable
         ``score_fn(seq, blocks, step)`` gives the penalty ``(N, K)`` of each candidate
         block (lower is better).

@@ -9,9 +9,14 @@ truth, physical parameters) broadcasts over the candidates.
 
 Reference-free scores (usable at inference):
 
+``residual``
+    RMS residual of the system's equation over [last history frame, forecast] with the
+    same midpoint time difference for every lead (the vorticity equation), or the
+    velocity divergence: the default physics term of BeamVQ.
 ``vorticity_residual``
     RMS of the 2-D Navier-Stokes vorticity residual
-    ``d_t w + u . grad w - nu lap w - f`` of [last history frame, forecast], physical units.
+    ``d_t w + u . grad w - nu lap w - f`` of [last history frame, forecast], physical units
+    (central time differences, one-sided at the last lead).
 ``divergence``
     RMS of ``du/dx + dv/dy`` of the velocity channels.
 ``conservation``
@@ -113,6 +118,9 @@ class ScoreContext:
         CSI thresholds in physical units; default: the 90th percentile of each true field.
     critic : callable, optional
         ``critic(history (N,T_in,C,H,W), pred (N,K,T,C,H,W)) -> (N,K)`` predicted penalty.
+    observed : Tensor, optional
+        The observed history ``(N, T_obs, C, H, W)`` when ``history`` holds forecast
+        frames (the later blocks of a beam search); the spectral score compares with it.
     """
 
     history: torch.Tensor
@@ -122,6 +130,7 @@ class ScoreContext:
     mask: torch.Tensor | None = None
     thresholds: list[float] | None = None
     critic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    observed: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def physical(self, t: torch.Tensor) -> torch.Tensor:
@@ -140,6 +149,7 @@ class ScoreContext:
             history=self.history[index],
             target=take(self.target),
             mask=take(self.mask),
+            observed=take(self.observed),
             physics=phys,
         )
 
@@ -270,6 +280,39 @@ def vorticity_residual_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Ten
     return res[..., 1:].pow(2).mean(-1).sqrt()
 
 
+@register_score("residual", reference=False)
+def residual_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
+    """RMS residual of the system's equation over [last history frame, forecast].
+
+    The Navier-Stokes vorticity equation when the physics name a vorticity channel and
+    a viscosity, with the midpoint time scheme of
+    :func:`~physforecast.metrics.ns_vorticity_residual` (``(w_t - w_{t-1}) / dt`` against
+    the spatial terms of the mean of the two frames): every lead, the first (paired with
+    the last observed frame) and the last, is differenced with the same stencil, so no
+    one-sided end difference dominates. Otherwise the divergence of the velocity
+    channels (incompressibility). Penalties are in physical units; a method divides them
+    by the level of the training truth (:meth:`ScoreCombination.calibrate` on the truth).
+    """
+    _check_pred(pred, ctx)
+    phys = ctx.physics
+    if phys is not None and phys.vorticity is not None and phys.viscosity is not None:
+        n = pred.shape[0]
+        w = ctx.physical(_with_last_frame(pred, ctx))[:, :, :, phys.vorticity]  # (N, K, T+1, H, W)
+        nu = torch.as_tensor(phys.viscosity, dtype=torch.float32, device=pred.device)
+        nu = nu.reshape(n, 1) if nu.ndim else nu
+        forcing = 0.0 if phys.forcing is None else phys.forcing
+        res = M.ns_vorticity_residual(
+            w, dx=phys.dx, dy=phys.dy, dt=phys.dt, nu=nu, forcing=forcing, time_scheme="midpoint"
+        )
+        return res.pow(2).mean(-1).sqrt()
+    if phys is not None and phys.velocity is not None:
+        return divergence_score(pred, ctx)
+    raise ValueError(
+        "score 'residual' needs ScoreContext.physics with a vorticity channel and a viscosity, "
+        "or velocity channels (u, v); this data has neither"
+    )
+
+
 @register_score("divergence", reference=False)
 def divergence_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
     """RMS of ``du/dx + dv/dy`` of the velocity channels (``metrics.divergence_rms``)."""
@@ -293,9 +336,11 @@ def conservation_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
 
 @register_score("spectral", reference=False)
 def spectral_consistency_score(pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """Mean |log E_forecast(k) - log E_input(k)| against the last history frame."""
+    """Mean |log E_forecast(k) - log E_input(k)| against the last observed frame
+    (``ctx.observed`` when set, else the last history frame)."""
     _check_pred(pred, ctx)
-    last = ctx.physical(ctx.history[:, -1])[:, None, None].expand_as(pred)
+    seen = ctx.observed if ctx.observed is not None else ctx.history
+    last = ctx.physical(seen[:, -1])[:, None, None].expand_as(pred)
     return _log_spectrum_gap(ctx.physical(pred), last).flatten(2).mean(-1)
 
 
@@ -322,6 +367,11 @@ class ScoreCombination:
         Score name -> non-negative weight (``{"rmse": 1.0, "spectral_error": 0.5}``).
     scales : mapping of str to float, optional
         Fixed scales instead of calibrated ones.
+    relative : bool
+        Combine ``sum_i weight_i * log(1 + score_i / scale_i)`` instead: each term counts
+        by its *relative* change, so a term whose ratio to its scale is large (a residual
+        scaled by the truth's small level) does not drown the others. The ``critic`` term
+        (already a log-RMSE) enters as ``weight * score``.
 
     Examples
     --------
@@ -330,7 +380,16 @@ class ScoreCombination:
     True
     """
 
-    def __init__(self, weights: Mapping[str, float], scales: Mapping[str, float] | None = None):
+    #: Terms that are already logarithmic and enter a ``relative`` combination unchanged.
+    LOG_TERMS = frozenset({"critic"})
+
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        scales: Mapping[str, float] | None = None,
+        *,
+        relative: bool = False,
+    ):
         if not weights:
             raise ValueError("ScoreCombination needs at least one score, e.g. {'rmse': 1.0}")
         for name, wgt in weights.items():
@@ -339,6 +398,7 @@ class ScoreCombination:
                 raise ValueError(f"score weight of {name!r} must be finite and >= 0; got {wgt}")
         if not any(w > 0 for w in weights.values()):
             raise ValueError(f"all score weights are zero: {dict(weights)}")
+        self.relative = bool(relative)
         self.weights = {k: float(v) for k, v in weights.items() if v > 0}
         self.scales = {k: 1.0 for k in self.weights}
         if scales:
@@ -355,8 +415,16 @@ class ScoreCombination:
             return {n: SCORES.entry(n).factory(pred, ctx).float() for n in self.weights}
 
     def combine(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted, scaled sum of precomputed terms."""
-        return sum(self.weights[n] * terms[n] / self.scales[n] for n in self.weights)
+        """Weighted, scaled sum of precomputed terms (of their ``log1p`` when ``relative``)."""
+
+        def term(n: str) -> torch.Tensor:
+            if not self.relative:
+                return terms[n] / self.scales[n]
+            if n in self.LOG_TERMS:
+                return terms[n]
+            return torch.log1p(terms[n].clamp_min(0) / self.scales[n])
+
+        return sum(self.weights[n] * term(n) for n in self.weights)
 
     def __call__(self, pred: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
         """Combined penalty ``(N, K)`` of candidates ``(N, K, T, C, H, W)``."""

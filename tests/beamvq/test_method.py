@@ -13,7 +13,12 @@ import xarray as xr
 import physforecast as pf
 from physforecast.beamvq import method as beamvq_method
 from physforecast.beamvq.context import PhysicsContext
-from physforecast.beamvq.evaluation import evaluate_beamvq, format_evaluation, residual_by_lead
+from physforecast.beamvq.evaluation import (
+    beamvq_report,
+    evaluate_beamvq,
+    format_evaluation,
+    residual_by_lead,
+)
 from physforecast.beamvq.method import build_beamvq_model, epoch_split
 from physforecast.config import Config, apply_overrides
 from physforecast.data.prepare import prepare_data
@@ -78,7 +83,7 @@ def _cfg(tmp_path, **over) -> Config:
         "beamvq.width": 2,
         "beamvq.rounds": 1,
         "beamvq.epochs_per_round": 1,
-        "beamvq.scores": "{rmse: 1.0, vorticity_residual: 0.5}",
+        "beamvq.scores": "{residual: 1.0, spectral: 0.5}",
         "beamvq.ensemble": 2,
         "out": str(tmp_path / "run"),
         **over,
@@ -93,10 +98,13 @@ def test_beamvq_run_writes_stages_rounds_and_a_loadable_model(tmp_path):
     prepared = prepare_data(cfg, run.read_normalizer())
     rounds = run.read_records("beamvq_rounds.jsonl")
     assert [r["round"] for r in rounds] == [0, 1]
-    # one best beam per window, then the best half of those
-    n_train = len(prepared.train)
-    assert rounds[1]["candidates"] == n_train * 2
-    assert rounds[1]["kept"] == round(0.5 * n_train)
+    # the pool (pseudo=extend): per training trajectory of 7 frames, the one history
+    # (frames 4, 5) whose 2-step future runs past the last frame; one best beam per
+    # input, then the best half of those
+    n_pool = len(prepared.train.selection["trajectory"]) * 1
+    assert rounds[1]["pool"] == "extend" and rounds[1]["pool_windows"] == n_pool
+    assert rounds[1]["candidates"] == n_pool * 2
+    assert rounds[1]["kept"] == round(0.5 * n_pool)
     assert "eval_beamvq_rmse" in rounds[1]
     stages = [r["stage"] for r in run.read_metrics()]
     assert stages == ["backbone", "backbone", "head", "round-1"]  # 4 = 2 + 1 head + 1 round
@@ -115,11 +123,22 @@ def test_beamvq_run_writes_stages_rounds_and_a_loadable_model(tmp_path):
         torch.testing.assert_close(fc.model(batch["x"]), again.eval()(batch["x"]))
     # side-by-side evaluation
     res = evaluate_beamvq(fc.model, torch.utils.data.DataLoader(prepared.test, batch_size=4))
-    assert set(res) == {"base", "top1", "beamvq", "truth"}
+    kinds = {"base", "top1", "top1_blocks", "beamvq", "bestofk", "truth", "summary"}
+    assert set(res) == kinds
     assert len(res["beamvq"]["rmse"]) == 2 and len(res["beamvq"]["ssim"]) == 2
     assert "frmse_high" not in res["beamvq"]  # 16x16 is too small for the high band
-    table = format_evaluation(res)
+    # best of K by the truth is never worse than top-1 (top-1 is one of the K)
+    overall = lambda kind: sum(v * v for v in res[kind]["rmse"])  # noqa: E731
+    assert overall("bestofk") <= overall("top1") + 1e-12
+    assert res["summary"]["diversity_gain"][0] >= 0
+    table = format_evaluation({k: v for k, v in res.items() if k != "summary"})
     assert "| rmse | beamvq |" in table and "| vorticity_residual | truth |" in table
+    report = beamvq_report(fc.model, res, windows=len(prepared.test))
+    header = "| RMSE | backbone | top-1 | top-1 in blocks | beam (BeamVQ) | best-of-K by truth |"
+    assert header in report and "| lead 2 |" in report
+    assert "block(s) of [1, 1] lead times" in report and "reference-free score" in report
+    same = res["summary"]["beam_equals_top1"][0]
+    assert ("EQUALS the top-1" in report) == (same >= 1.0)
 
 
 def test_killed_after_the_head_stage_and_resumed_ends_with_the_same_weights(tmp_path, monkeypatch):
@@ -157,10 +176,9 @@ def test_unfiltered_when_no_scores(tmp_path):
     cfg = _cfg(tmp_path, **{"beamvq.scores": "{}", "beamvq.width": 3})
     run_dir = train(cfg, evaluate=False)
     rounds = RunDir(run_dir).read_records("beamvq_rounds.jsonl")
-    n_train = len(prepare_data(cfg).train)
-    # all K candidates of every window are kept, as in the public code
-    assert rounds[1]["kept"] == rounds[1]["candidates"] == 3 * n_train
-    assert pf.load(run_dir).model.score is None
+    # all K candidates of every pool input are kept, as in the public code
+    assert rounds[1]["kept"] == rounds[1]["candidates"] == 3 * rounds[1]["pool_windows"]
+    assert pf.load(run_dir).model.inference_score is None
 
 
 def test_epoch_split_checks_the_budget():
@@ -242,7 +260,6 @@ DDP_OVERRIDES = [
     "beamvq.width=2",
     "beamvq.rounds=1",
     "beamvq.epochs_per_round=1",
-    "beamvq.scores={rmse: 1.0}",
 ]
 
 
