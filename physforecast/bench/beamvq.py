@@ -106,7 +106,6 @@ RB_SUITE = ["rmse", "ssim", "frmse_high", "divergence", "tke_spectrum_mse"]
 HEAD_SIZES = {
     "num_codes": 64,
     "code_dim": 16,
-    "top_k": 4,
     "head_epochs": 3,
     "head": {"hidden": 8, "prop_hidden": 16, "prop_depth": 1, "downsample": 4},
 }
@@ -140,9 +139,9 @@ FULL = Setup(
     patience=6,
     beamvq=HEAD_SIZES,
     fractions=[0.1, 0.25, 1.0],
-    ablate_top_k=[1, 2, 4, 8],
-    ablate_width=[1, 2, 4],
-    ablate_block=[2, 3, 6],
+    ablate_top_k=[2, 4, 8, 16],
+    ablate_width=[1, 2, 4, 8],
+    ablate_block=[1, 2, 3, 6],
 )
 
 QUICK = Setup(
@@ -183,6 +182,7 @@ KINDS = {
     "supervised_wall": ("supervised", "backbone alone, BeamVQ's wall time"),
     "beamvq": ("beamvq", "BeamVQ (defaults)"),
     "beamvq_identity": ("beamvq", "BeamVQ head, identity quantizer (no VQ)"),
+    "beamvq_unlabelled": ("beamvq", "BeamVQ, pseudo-labels on the unlabelled trajectories"),
 }
 
 
@@ -425,6 +425,8 @@ def _contender(
     overrides = [f"method={method}", *(extra or [])]
     if kind == "beamvq_identity":
         overrides.append("beamvq.quantizer=identity")
+    if kind == "beamvq_unlabelled":
+        overrides.append("beamvq.pseudo=unlabelled")
     if fraction < 1.0:
         overrides.append(f"data.train_fraction={fraction}")
     cfg = _config(setup, ds, backbone, seed, overrides)
@@ -528,6 +530,7 @@ def measure(
     results: str | os.PathLike | None = None,
     only: tuple[str, ...] | None = None,
     backbones: tuple[str, ...] | None = None,
+    seeds: tuple[int, ...] | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Run every contender of ``setup``; returns (and, with ``results``, saves) the raw results.
@@ -543,6 +546,9 @@ def measure(
         Contender kinds to run (default: all that the installed BeamVQ supports).
     backbones : tuple of str, optional
         Backbones to run (default: all of each dataset).
+    seeds : tuple of int, optional
+        Seeds to run (default: all; several processes can share the seeds and their
+        results files be merged with ``--merge``).
     log : callable, optional
         Called with a line per finished contender.
     """
@@ -612,7 +618,7 @@ def measure(
             if keys["data.train_fraction"]:
                 for frac in setup.fractions:
                     if frac < 1.0:
-                        for kind in ("supervised", "beamvq"):
+                        for kind in ("supervised", "beamvq", "beamvq_unlabelled"):
                             jobs.append(
                                 (setup.datasets[0], setup.fraction_backbone, seed, kind, frac)
                             )
@@ -620,6 +626,8 @@ def measure(
             if kind not in wanted or (ds.name, backbone, kind, frac, seed) in done:
                 continue
             if backbones is not None and backbone not in backbones:
+                continue
+            if seeds is not None and seed not in seeds:
                 continue
             extra: list[str] = []
             if kind == "supervised_wall":
@@ -660,6 +668,10 @@ def measure(
                 )
     save()
     return out
+
+
+def _entry_id(r: dict[str, Any]) -> tuple:
+    return (r["dataset"], r["backbone"], r["kind"], r["fraction"], r["seed"])
 
 
 def _git() -> str:
@@ -1003,6 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--page", help="write the Markdown page here")
     p.add_argument("--only", help="comma-separated contender kinds to run")
     p.add_argument("--backbones", help="comma-separated backbones to run")
+    p.add_argument("--seeds", help="comma-separated seeds to run")
+    p.add_argument("--merge", nargs="*", help="results files whose runs to add to --json")
     p.add_argument("--render", action="store_true", help="only render --json to --page")
     p.add_argument("--drop", help="comma-separated kinds whose saved results to measure again")
     args = p.parse_args(argv)
@@ -1013,7 +1027,22 @@ def main(argv: list[str] | None = None) -> int:
         if "beamvq" in drop:
             res["ablations"] = []
         Path(args.json).write_text(json.dumps(res, indent=1))
-    if args.render:
+    if args.merge:
+        res = json.loads(Path(args.json).read_text())
+        have = {_entry_id(r) for r in res["runs"]}
+        for other in args.merge:
+            more = json.loads(Path(other).read_text())
+            res["runs"] += [r for r in more["runs"] if _entry_id(r) not in have]
+            have |= {_entry_id(r) for r in more["runs"]}
+            seen = {(a["seed"], a["key"], a["value"]) for a in res["ablations"]}
+            res["ablations"] += [
+                a for a in more["ablations"] if (a["seed"], a["key"], a["value"]) not in seen
+            ]
+            res["seconds"] = max(res.get("seconds", 0), more.get("seconds", 0))
+            res["uptime_end"] = more.get("uptime_end", res.get("uptime_end"))
+            res["keys"] = more.get("keys", res["keys"])
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    if args.render or args.merge:
         res = json.loads(Path(args.json).read_text())
     else:
         only = tuple(args.only.split(",")) if args.only else None
@@ -1022,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
             results=args.json,
             only=only,
             backbones=tuple(args.backbones.split(",")) if args.backbones else None,
+            seeds=tuple(int(v) for v in args.seeds.split(",")) if args.seeds else None,
             log=lambda line: print(line, flush=True),
         )
     text = report(res)
