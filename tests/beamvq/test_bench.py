@@ -10,6 +10,9 @@ import pytest
 
 from physforecast.bench import beamvq
 
+# seven small trainings (about 10 s on an idle core, a minute under load): not a default test
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
