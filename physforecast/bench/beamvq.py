@@ -397,11 +397,13 @@ def _uptime() -> str:
 
 
 # ---------------------------------------------------------------------------- measuring
-def _run_key(setup: Setup, ds: DataSetup, backbone: str) -> str:
+def _run_key(setup: Setup, ds: DataSetup, backbone: str, method: str = "beamvq") -> str:
     """What a run's result depends on besides kind, fraction and seed (for reuse)."""
     fields = ("in_steps", "out_steps", "max_epochs", "patience", "batch_size", "stride", "lr")
     parts = {f: getattr(setup, f) for f in fields}
-    parts.update(beamvq=setup.beamvq, dataset=ds.name, options=ds.options, split=ds.split)
+    if method == "beamvq":
+        parts.update(beamvq=setup.beamvq)
+    parts.update(dataset=ds.name, options=ds.options, split=ds.split)
     parts.update(backbone=backbone, backbone_options=ds.backbones[backbone], suite=ds.suite)
     return json.dumps(parts, sort_keys=True)
 
@@ -430,7 +432,7 @@ def _contender(
     if fraction < 1.0:
         overrides.append(f"data.train_fraction={fraction}")
     cfg = _config(setup, ds, backbone, seed, overrides)
-    key = _run_key(setup, ds, backbone)
+    key = _run_key(setup, ds, backbone, method)
     name = f"{ds.name}-{backbone}-{kind}-f{fraction}-s{seed}"
     out = work / name
     loaded, seconds, records = _train(cfg, out)
@@ -531,6 +533,8 @@ def measure(
     only: tuple[str, ...] | None = None,
     backbones: tuple[str, ...] | None = None,
     seeds: tuple[int, ...] | None = None,
+    datasets: tuple[str, ...] | None = None,
+    fractions: tuple[float, ...] | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Run every contender of ``setup``; returns (and, with ``results``, saves) the raw results.
@@ -549,6 +553,10 @@ def measure(
     seeds : tuple of int, optional
         Seeds to run (default: all; several processes can share the seeds and their
         results files be merged with ``--merge``).
+    datasets : tuple of str, optional
+        Datasets to run (default: all).
+    fractions : tuple of float, optional
+        Training fractions to run (default: all).
     log : callable, optional
         Called with a line per finished contender.
     """
@@ -561,7 +569,10 @@ def measure(
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
     valid = {
-        _run_key(setup, ds, bb) for ds in setup.datasets for bb in ds.backbones
+        _run_key(setup, ds, bb, m)
+        for ds in setup.datasets
+        for bb in ds.backbones
+        for m in ("supervised", "beamvq")
     }  # runs measured with the same sizes are reused
     out: dict[str, Any] = {
         "setup": dataclasses.asdict(setup),
@@ -607,27 +618,37 @@ def measure(
 
     with tempfile.TemporaryDirectory(prefix="bench-beamvq-") as tmp:
         work = Path(tmp)
-        jobs: list[tuple[DataSetup, str, int, str, float]] = []
-        for seed in setup.seeds:  # seed-major: a partial run has whole seeds
-            for ds in setup.datasets:
-                for backbone in ds.backbones:
-                    kinds = ["supervised", "beamvq", "supervised_wall"]
+        # in order of priority, so that a run cut short has the main comparison first:
+        # 0 the first backbone of the first dataset, 1 its controls, 2 data scarcity,
+        # 3 the other datasets, 4 the other backbones, 5 their controls
+        ranked: list[tuple[int, int, DataSetup, str, str, float]] = []
+        for seed in setup.seeds:
+            for d_i, ds in enumerate(setup.datasets):
+                for b_i, backbone in enumerate(ds.backbones):
+                    main = 0 if d_i == 0 and b_i == 0 else (3 if b_i == 0 else 4)
+                    ctrl = 1 if main == 0 else 5
+                    ranked += [(main, seed, ds, backbone, k, 1.0) for k in ("supervised", "beamvq")]
+                    ranked.append((ctrl, seed, ds, backbone, "supervised_wall", 1.0))
                     if backbone in setup.control_backbones:
-                        kinds.append("beamvq_identity")
-                    jobs += [(ds, backbone, seed, kind, 1.0) for kind in kinds]
+                        ranked.append((ctrl, seed, ds, backbone, "beamvq_identity", 1.0))
             if keys["data.train_fraction"]:
                 for frac in setup.fractions:
                     if frac < 1.0:
                         for kind in ("supervised", "beamvq", "beamvq_unlabelled"):
-                            jobs.append(
-                                (setup.datasets[0], setup.fraction_backbone, seed, kind, frac)
-                            )
+                            ds = setup.datasets[0]
+                            ranked.append((2, seed, ds, setup.fraction_backbone, kind, frac))
+        ranked.sort(key=lambda job: (job[0], job[1]))
+        jobs = [(ds, bb, seed, kind, frac) for _, seed, ds, bb, kind, frac in ranked]
         for ds, backbone, seed, kind, frac in jobs:
             if kind not in wanted or (ds.name, backbone, kind, frac, seed) in done:
                 continue
             if backbones is not None and backbone not in backbones:
                 continue
             if seeds is not None and seed not in seeds:
+                continue
+            if datasets is not None and ds.name not in datasets:
+                continue
+            if fractions is not None and frac not in fractions:
                 continue
             extra: list[str] = []
             if kind == "supervised_wall":
@@ -1016,6 +1037,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated contender kinds to run")
     p.add_argument("--backbones", help="comma-separated backbones to run")
     p.add_argument("--seeds", help="comma-separated seeds to run")
+    p.add_argument("--datasets", help="comma-separated datasets to run")
+    p.add_argument("--fractions", help="comma-separated training fractions to run")
     p.add_argument("--merge", nargs="*", help="results files whose runs to add to --json")
     p.add_argument("--render", action="store_true", help="only render --json to --page")
     p.add_argument("--drop", help="comma-separated kinds whose saved results to measure again")
@@ -1052,6 +1075,10 @@ def main(argv: list[str] | None = None) -> int:
             only=only,
             backbones=tuple(args.backbones.split(",")) if args.backbones else None,
             seeds=tuple(int(v) for v in args.seeds.split(",")) if args.seeds else None,
+            datasets=tuple(args.datasets.split(",")) if args.datasets else None,
+            fractions=tuple(float(v) for v in args.fractions.split(","))
+            if args.fractions
+            else None,
             log=lambda line: print(line, flush=True),
         )
     text = report(res)
