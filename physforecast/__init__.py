@@ -1,7 +1,7 @@
 """physforecast: data-driven forecasting of physical space-time systems.
 
-Train any of ten encoder-decoder backbones on xarray data, improve forecasts with
-BeamVQ, and score every result with physics-aware metrics.
+Train any of ten encoder-decoder backbones on xarray data, add BeamVQ's candidate
+search to any of them, and score every result with physics-aware metrics.
 
 Importing the package is light: it registers the ``.physforecast`` xarray accessor and
 imports torch only when a name that needs it is first used (``physforecast.load``,
