@@ -8,13 +8,14 @@ Three measurements, CPU-sized:
    shift 3, its Heun scheduler, DDIM, at 4/8/16/32 steps, against 1000-step ancestral
    DDPM. Error: mean absolute log-ratio of the samples' radially averaged power spectrum
    to the true one (0 is exact; the sampling noise of the ensemble is the floor that
-   1000-step DDPM shows). (b) With *learned* models: the same small DiT trained once
-   with flow matching and once with DDPM (epsilon) for the same steps and seed on a
-   parameter-conditioned 2-D Gaussian; error: mean and covariance error of the samples.
+   1000-step DDPM shows). (b) With *learned* models: the same small DiT trained
+   with flow matching, DDPM with epsilon and DDPM with v prediction, for the same steps
+   and seed, on a parameter-conditioned 2-D Gaussian; error: mean and covariance error of the samples.
 2. **VAE per compression factor.** The causal 3-D VAE with circular padding trained for
    the same number of steps on 32x32 ns2d vorticity clips of 9 frames, for several
-   (spatial, temporal) compressions: test rel-L2 and spectral error (mean |log P_rec /
-   P_true|), latent size; and the tiled encoder's difference from the untiled one.
+   (spatial, temporal) compressions: test rel-L2 and spectral error (the mean absolute
+   log-ratio of the power spectra), latent size; and the tiled encoder's difference
+   from the untiled one.
 3. **DiT block throughput** against diffusers' ``HunyuanDiTBlock`` at the same width,
    heads and MLP width (diffusers' block also has its cross-attention, given one
    condition token), forward + backward, interleaved, as a ratio.

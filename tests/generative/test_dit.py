@@ -109,8 +109,8 @@ def test_qk_norm_bounds_the_logits():
             attn.qkv.weight[: 2 * dim] *= 100.0
         normed.q_norm.weight.uniform_(0.5, 1.5)
         normed.k_norm.bias.uniform_(-0.2, 0.2)
-    gq, bq = normed.q_norm.weight.abs().max(), normed.q_norm.bias.norm()
-    gk, bk = normed.k_norm.weight.abs().max(), normed.k_norm.bias.norm()
+    gq, bq = normed.q_norm.weight.detach().abs().max(), normed.q_norm.bias.detach().norm()
+    gk, bk = normed.k_norm.weight.detach().abs().max(), normed.k_norm.bias.detach().norm()
     bound = (math.sqrt(d) * gq + bq) * (math.sqrt(d) * gk + bk) / math.sqrt(d)
     assert float(normed.logits(x).detach().abs().max()) <= float(bound) + 1e-4
     torch.testing.assert_close(plain.logits(x), 1e4 * before, rtol=1e-4, atol=1e-3)
