@@ -249,17 +249,32 @@ def fit_block_critic(
     """Fit a :class:`ContextCritic` over blocks on held-out candidates (see :func:`critic_examples`).
 
     Returns the critic (in eval mode, on ``device``) and its fit: the final loss and the
-    Spearman rank correlation of its predictions with the true log-RMSE on the examples.
+    Spearman rank correlation of its predictions with the true log-RMSE among the K
+    candidates of an example, averaged over a fifth of the examples left out of a first
+    fit (the returned critic is then fitted on all of them).
     """
     history, cands, target = critic_examples(model, loader, device=device)
     critic = ContextCritic(
         model.out_channels, model.block, context=min(context, model.in_steps), hidden=hidden
     )
     gen = torch.Generator().manual_seed(seed)
+    # a fifth of the examples (at least one) checks the fit; the critic then refits on all
+    n = history.shape[0]
+    order = torch.randperm(n, generator=gen)
+    held, fit_rows = order[: max(1, n // 5)], order[max(1, n // 5) :]
+    rho = float("nan")
+    if len(fit_rows):
+        fit_critic(
+            critic, history[fit_rows], cands[fit_rows], target[fit_rows], steps=steps, generator=gen
+        )
+        with torch.no_grad():
+            pred = critic(history[held], cands[held])
+        # within each example's K candidates: the ranking the beam search uses
+        rho = sum(spearman(p, t) for p, t in zip(pred, target[held], strict=True)) / len(held)
+        critic = ContextCritic(
+            model.out_channels, model.block, context=min(context, model.in_steps), hidden=hidden
+        )
     losses = fit_critic(critic, history, cands, target, steps=steps, generator=gen)
-    with torch.no_grad():
-        pred = critic(history, cands)
-    rho = spearman(pred.flatten(), target.flatten())
     return critic.to(device), {"critic_loss": losses[-1], "critic_spearman": rho}
 
 
