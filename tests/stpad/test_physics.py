@@ -133,7 +133,7 @@ def test_constraint_loss_is_weighted_switchable_and_differentiable():
     assert noisy.grad is not None and noisy.grad.abs().sum() > 0
     half, _ = _ns_constraints(0.01, dx, dt, {"pde": 1.0})
     loss_half, _ = half(noisy[:, 1:].detach(), noisy[:, :1].detach(), params)
-    assert float(loss_half) == pytest.approx(float(loss) / 2, rel=1e-5)
+    assert float(loss_half) == pytest.approx(float(loss.detach()) / 2, rel=1e-5)
     off, _ = _ns_constraints(0.01, dx, dt, {"pde": 0.0})
     assert off.active == [] and float(off(noisy[:, 1:], noisy[:, :1], params)[0]) == 0.0
     # only the residual above the truth's counts: the truth itself costs nothing
