@@ -133,7 +133,7 @@ def test_constraint_loss_is_weighted_switchable_and_differentiable():
     assert noisy.grad is not None and noisy.grad.abs().sum() > 0
     half, _ = _ns_constraints(0.01, dx, dt, {"pde": 1.0})
     loss_half, _ = half(noisy[:, 1:].detach(), noisy[:, :1].detach(), params)
-    assert float(loss_half) == pytest.approx(float(loss) / 2, rel=1e-5)
+    assert float(loss_half) == pytest.approx(float(loss.detach()) / 2, rel=1e-5)
     off, _ = _ns_constraints(0.01, dx, dt, {"pde": 0.0})
     assert off.active == [] and float(off(noisy[:, 1:], noisy[:, :1], params)[0]) == 0.0
     # only the residual above the truth's counts: the truth itself costs nothing
@@ -149,3 +149,27 @@ def test_unknown_constraint_and_missing_parameter_are_errors():
     pc = PhysicsConstraints(1, 0, {"pde": 1.0}).fill(prep)
     with pytest.raises(ValueError, match="viscosity"):
         pc.residuals(seq)
+
+
+@pytest.mark.slow
+def test_boussinesq_residual_of_the_rayleigh_benard_simulator_is_small_against_perturbed_fields():
+    from physforecast.data.io import open_dataset
+
+    opts = {"n_trajectories": 2, "n_steps": 6, "dt": 0.1, "progress": False}
+    ds = open_dataset("rayleigh_benard", options=opts).load()
+    f = torch.tensor(np.stack([ds[v].values for v in ("temperature", "u", "v")], 2))
+    ra, pr = torch.tensor(ds["rayleigh"].values), torch.tensor(ds["prandtl"].values)
+    interior = torch.zeros(f.shape[-2:], dtype=torch.float64)
+    interior[2:-2] = 1.0
+
+    def res(fields):
+        kw = dict(dx=ds.attrs["dx"], dy=ds.attrs["dy"], dt=0.1, rayleigh=ra, prandtl=pr)
+        return boussinesq_residual(fields, weights=interior, **kw)
+
+    truth = res(f)
+    reversed_flow = f.clone()
+    reversed_flow[:, :, 1:] *= -1
+    upside_down = f.clone()
+    upside_down[:, :, 0] = upside_down[:, :, 0].flip(-2)
+    assert (res(reversed_flow) > 3 * truth).all()
+    assert (res(upside_down) > 2 * truth).all()
