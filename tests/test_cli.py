@@ -140,9 +140,9 @@ def test_beamvq_method_end_to_end(tmp_path, capsys):
     ]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "backbone alone vs BeamVQ" in text
+    assert "BeamVQ on the test split" in text and "best-of-K" in text
     result = json.loads((out / "beamvq_eval.json").read_text())
-    assert {"base", "top1", "beamvq"} <= set(result)
+    assert {"base", "top1", "top1_blocks", "beamvq", "bestofk", "summary"} <= set(result)
     assert len(result["beamvq"]["rmse"]) == 2  # one value per lead time
     assert (out / "beamvq_rounds.jsonl").exists()
 
