@@ -197,6 +197,10 @@ def test_trainer_from_the_config_resumes_exactly_on_every_rank(tmp_path, options
     interrupted after epoch 1 of 3 and resumed ends with every rank's weights equal to the
     uninterrupted run's (cosine schedule, dropout, hook or averager state, own models)."""
 
+    from physforecast.registry import METHODS
+
+    METHODS.names()  # checkpoints name the config's method sections: import them once, here
+
     def run(path, stop):
         args = (str(path), options, stop)
         return launch_local(_trainer_worker, 2, args, timeout=120, start_method="fork")
