@@ -210,6 +210,13 @@ def distill_run(
             f"train.lr={float(lr)}",
             f"train.device={device}",
             "train.patience=0",
+            # the students train on one process, whatever the teacher's parallel setup
+            "train.comm_hook=allreduce",
+            "train.comm_hook_options={}",
+            "train.averaging=none",
+            "train.averaging_options={}",
+            "train.noise_scale=false",
+            "train.fsdp=false",
             f"data.batch_size={int(batch_size or cfg.data.batch_size)}",
         ],
     )

@@ -190,3 +190,19 @@ def test_serve_command_serves_until_interrupted(students_run, tiny_ds):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_distilling_a_teacher_trained_on_many_processes(tiny_run, tmp_path):
+    """The students train on one process: the teacher's DDP hook, averager, noise scale
+    and FSDP settings (refused on one process) are not inherited."""
+    import shutil
+
+    teacher = tmp_path / "ddp-teacher"
+    shutil.copytree(tiny_run, teacher)
+    run = RunDir(teacher)
+    cfg = run.read_config()
+    cfg.train.comm_hook, cfg.train.comm_hook_options = "dlcp", {"loss_bound": 0.05}
+    cfg.train.averaging, cfg.train.noise_scale = "none", True
+    run.write_config(cfg)
+    out, rows = distill_run(teacher, n_students=1, width=4, epochs=1, device="cpu")
+    assert rows and RunDir(out).read_config().train.comm_hook == "allreduce"
