@@ -7,7 +7,8 @@ for global structure) into latents ``(B, T, D, h, w)``, quantized by the shared 
 dead-code restart), evolved by :class:`Propagator` from the ``T_in`` history latents to
 ``T_out`` future ones (FiLM-conditioned residual blocks over the time-stacked latents),
 and decoded by :class:`Decoder`. :func:`upstream_loss` is reconstruction + prediction +
-commitment + the physical constraints of :mod:`.physics` on the decoded forecast.
+commitment + the physical constraints of :mod:`physforecast.stpad.physics` on the
+decoded forecast.
 """
 
 from __future__ import annotations
