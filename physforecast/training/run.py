@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -339,9 +340,17 @@ def evaluate_run(
                     else min(keep - written, forecast.sizes["sample"])
                 )
                 if out is not None and n > 0:
-                    part, true = forecast.isel(sample=slice(0, n)), truth.isel(sample=slice(0, n))
-                    out.append(part.assign(**{f"{v}_truth": true[v] for v in data.variables}))
+                    head = {"sample": slice(0, n)}
+                    out.append(
+                        forecast.isel(head).assign(
+                            **{f"{v}_truth": truth[v].isel(head) for v in data.variables}
+                        )
+                    )
                     written += n
+                # the chunk's arrays go now: xarray objects sit in reference cycles, which
+                # the collector (counting objects, not bytes) would otherwise free late
+                del forecast, truth
+                gc.collect()
 
     if keep == 0:  # no forecasts file; one of an earlier evaluation would be stale
         stream(None)

@@ -107,12 +107,19 @@ def model_cond(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over valid points; ``mask`` (B, C, H, W) broadcasts over time."""
+    """Mean squared error over valid points; ``mask`` (B, C, H, W) broadcasts over time.
+
+    The mask is broadcast, never expanded to the error's shape; when every point is valid
+    (the usual case) the error is summed directly, which gives the same value.
+    """
     err = (pred.float() - target.float()).square()
     if mask is None:
         return err.mean()
-    m = mask.unsqueeze(1).expand_as(err).float()
-    return (err * m).sum() / m.sum().clamp_min(1.0)
+    m = mask.unsqueeze(1)  # (B, 1, C, H, W)
+    if bool(m.all()):
+        return err.sum() / float(err.numel())
+    count = (m.sum() * err.shape[1]).to(err.dtype).clamp_min(1.0)
+    return (err * m).sum() / count
 
 
 def mse_loss_fn(

@@ -79,3 +79,44 @@ def test_validation_is_capped_by_its_own_setting():
         )
         assert trainer.evaluate(loader)["val_loss"] == pytest.approx(1.0)
         assert model.calls == calls
+
+
+def test_sample_appender_keeps_times_and_nan_across_chunks(tmp_path):
+    import pandas as pd
+
+    from physforecast.forecast.windows import SampleAppender
+
+    n = 7
+    t0 = pd.date_range("2020-01-01", periods=n, freq="6h").values
+    ds = xr.Dataset(
+        {
+            "t2m": (
+                ("sample", "lead_time", "y"),
+                np.arange(n * 2 * 3, dtype=np.float32).reshape(n, 2, 3),
+            ),
+            "nu": (("sample",), np.linspace(0, 1, n)),
+        },
+        coords={
+            "sample": np.arange(n),
+            "init_time": ("sample", t0),
+            "valid_time": (
+                ("sample", "lead_time"),
+                t0[:, None] + np.array([6, 12], "timedelta64[h]"),
+            ),
+            "init_index": ("sample", np.arange(n) + 3),
+            "y": ("y", [0.5, 1.5, 2.5], {"units": "m"}),
+        },
+        attrs={"system": "toy"},
+    )
+    ds["t2m"][1, 0, 2] = np.nan
+    with SampleAppender(tmp_path / "f.nc") as out:
+        for i in range(0, n, 3):
+            out.append(ds.isel(sample=slice(i, i + 3)))
+    back = xr.load_dataset(tmp_path / "f.nc")
+    xr.testing.assert_identical(back, xr.load_dataset(_whole(ds, tmp_path)))
+
+
+def _whole(ds, tmp_path):
+    path = tmp_path / "whole.nc"
+    ds.to_netcdf(path, engine="netcdf4", unlimited_dims=["sample"])
+    return path

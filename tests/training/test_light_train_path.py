@@ -44,3 +44,16 @@ def test_building_an_fno_imports_no_other_backbone_and_no_timm():
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "['physforecast.backbones.base', 'physforecast.backbones.fno']"
     assert lines[1] == "False 11"
+
+
+def test_masked_mse_gives_the_expanded_masks_value():
+    from physforecast.training.trainer import masked_mse
+
+    torch.manual_seed(1)
+    pred, target = torch.randn(3, 4, 2, 5, 6), torch.randn(3, 4, 2, 5, 6)
+    for mask in (torch.ones(3, 2, 5, 6, dtype=torch.bool), torch.rand(3, 2, 5, 6) > 0.3):
+        m = mask.unsqueeze(1).expand_as(pred).float()
+        expected = ((pred - target).square() * m).sum() / m.sum().clamp_min(1.0)
+        assert torch.equal(masked_mse(pred, target, mask), expected)
+    nothing = torch.zeros(3, 2, 5, 6, dtype=torch.bool)
+    assert masked_mse(pred, target, nothing) == 0.0
