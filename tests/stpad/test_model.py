@@ -158,7 +158,16 @@ def test_samples_are_a_deterministic_function_of_the_given_noise(kind):
         proc.sample(fn, torch.randn(proc.noise_draws + 1, 4, 3))
 
 
-def test_beam_search_over_diffusion_samples_is_the_best_of_exhaustive_search(model):
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "flow"])
+def test_beam_search_over_diffusion_samples_is_the_best_of_exhaustive_search(tmp_path, sampler):
+    cfg = tiny_cfg(
+        tmp_path, **{"stpad.block": 1, "stpad.sampler": sampler, "stpad.sample_steps": 4}
+    )
+    torch.manual_seed(0)
+    model = build_stpad_model(_spec(cfg), cfg)
+    _randomize(model.denoiser)
+    model.eval()
+    assert model.process.kind == sampler
     x = torch.randn(2, 2, 1, 16, 16)
     cond = torch.tensor([[-0.5], [0.7]])
     k, steps = 3, 2  # block = 1 lead time, T_out = 2
