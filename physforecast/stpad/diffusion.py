@@ -12,12 +12,12 @@ classifier-free guidance needs.
 :class:`DiffusionProcess` is the objective and the sampler of ``stpad.sampler``, a thin
 adapter over :mod:`physforecast.generative`'s processes (diffusers' schedulers):
 
-- ``ddpm`` / ``ddim``: :class:`~physforecast.generative.DDPM` with a cosine
+- ``ddpm`` / ``ddim``: :class:`~physforecast.generative.diffusion.DDPM` with a cosine
   ``alpha_bar`` schedule (Nichol & Dhariwal 2021; diffusers' ``squaredcos_cap_v2``) of
   ``train_steps`` steps, epsilon prediction, and ``sample_steps`` ``trailing`` steps of
   diffusers' DDIM update (Song et al. 2021) with ``eta = 1`` (ancestral DDPM sampling,
   the DDPM posterior step) or ``eta = 0`` (deterministic DDIM);
-- ``flow``: :class:`~physforecast.generative.FlowMatching`, rectified flow / flow
+- ``flow``: :class:`~physforecast.generative.flow.FlowMatching`, rectified flow / flow
   matching (Lipman et al. 2023, Liu et al. 2023), ``x_t = (1 - t) x_0 + t eps``, velocity
   target ``eps - x_0``, Euler steps of diffusers' ``FlowMatchEulerDiscreteScheduler``
   from ``t = 1`` to ``0``.
@@ -232,12 +232,12 @@ class DiffusionProcess(nn.Module):
     Parameters
     ----------
     kind : {"ddpm", "ddim", "flow"}
-        ``ddpm`` and ``ddim``: :class:`~physforecast.generative.DDPM` with the cosine
+        ``ddpm`` and ``ddim``: :class:`~physforecast.generative.diffusion.DDPM` with the cosine
         schedule (diffusers' ``squaredcos_cap_v2``) of ``train_steps`` steps, epsilon
         prediction and ``trailing`` step spacing; ``ddim`` samples with DDIM at
         ``eta = 0``, ``ddpm`` ancestrally (DDIM at ``eta = 1``, the DDPM posterior step)
         with the per-step noise taken from ``noise``. ``flow``:
-        :class:`~physforecast.generative.FlowMatching` (uniform times, no shift), Euler
+        :class:`~physforecast.generative.flow.FlowMatching` (uniform times, no shift), Euler
         steps of diffusers' ``FlowMatchEulerDiscreteScheduler``.
     train_steps : int
         Discrete diffusion steps of the DDPM schedule (unused by ``flow``).
