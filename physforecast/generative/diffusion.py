@@ -145,6 +145,7 @@ class DDPM:
         guidance_scale: float | None = None,
         guidance: float | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        step_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise from ``noise`` (B, C, ...) in ``steps`` scheduler steps.
 
@@ -159,6 +160,15 @@ class DDPM:
             As in :meth:`FlowMatching.sample`.
         generator : torch.Generator, optional
             For the noise the DDPM / stochastic DDIM steps add.
+        step_noise : Tensor, optional
+            (steps, B, C, ...) standard normal noise that step ``k`` adds, instead of
+            drawing it: the sample is then a deterministic function of ``noise`` and
+            ``step_noise`` (what a search over samples sharing their random numbers
+            needs). With ``sampler="ddim"`` it is DDIM's ``variance_noise`` (``eta > 0``);
+            with ``sampler="ddpm"`` the ancestral step is taken as DDIM with ``eta = 1``
+            (the same DDPM posterior step, Song et al. 2021; equal to
+            :class:`~diffusers.DDPMScheduler`'s step given that noise when ``steps``
+            divides ``num_train_timesteps``). Excludes ``generator``.
 
         Returns
         -------
@@ -168,13 +178,30 @@ class DDPM:
         denoise = denoise_fn(
             model, {"params": params, "history": history, "guidance": guidance}, guidance_scale
         )
+        if step_noise is not None:
+            if generator is not None:
+                raise ValueError("give either step_noise or generator, not both")
+            if tuple(step_noise.shape) != (steps, *noise.shape):
+                raise ValueError(
+                    f"step_noise must have shape (steps, *noise.shape) = "
+                    f"{(steps, *noise.shape)}; got {tuple(step_noise.shape)}"
+                )
+            if sampler == "ddpm":
+                sampler, eta = "ddim", 1.0
+            elif sampler == "ddim" and eta <= 0:
+                raise ValueError(
+                    "step_noise needs a stochastic sampler (ddpm, or ddim with eta > 0)"
+                )
         scheduler = self.scheduler(sampler)
         scheduler.set_timesteps(steps, device=noise.device)
         x = noise
         b = noise.shape[0]
-        for t in scheduler.timesteps:
+        for k, t in enumerate(scheduler.timesteps):
             out = denoise(x, t.expand(b))
-            if sampler == "ddim":
+            if step_noise is not None:
+                eps = step_noise[k].to(device=x.device, dtype=x.dtype)
+                x = scheduler.step(out, t, x, eta=eta, variance_noise=eps).prev_sample
+            elif sampler == "ddim":
                 x = scheduler.step(out, t, x, eta=eta, generator=generator).prev_sample
             else:
                 x = scheduler.step(out, t, x, generator=generator).prev_sample

@@ -9,15 +9,21 @@ into every residual block. Dropping the condition (``drop``) replaces the parame
 embedding by a learned null embedding, which trains the unconditional model that
 classifier-free guidance needs.
 
-:class:`DiffusionProcess` holds the schedule and implements the standard updates:
+:class:`DiffusionProcess` is the objective and the sampler of ``stpad.sampler``, a thin
+adapter over :mod:`physforecast.generative`'s processes (diffusers' schedulers):
 
-- ``ddpm`` / ``ddim``: a cosine ``alpha_bar`` schedule (Nichol & Dhariwal 2021) of
-  ``train_steps`` steps, epsilon prediction, and the DDIM update of Song et al. (2021) on
-  ``sample_steps`` evenly spaced steps, with ``eta = 1`` (ancestral DDPM sampling; on
-  every training step it is the DDPM posterior) or ``eta = 0`` (deterministic DDIM);
-- ``flow``: rectified flow / flow matching (Lipman et al. 2023, Liu et al. 2023),
-  ``x_t = (1 - t) x_0 + t eps``, velocity target ``eps - x_0``, Euler integration from
-  ``t = 1`` to ``0``.
+- ``ddpm`` / ``ddim``: :class:`~physforecast.generative.diffusion.DDPM` with a cosine
+  ``alpha_bar`` schedule (Nichol & Dhariwal 2021; diffusers' ``squaredcos_cap_v2``) of
+  ``train_steps`` steps, epsilon prediction, and ``sample_steps`` ``trailing`` steps of
+  diffusers' DDIM update (Song et al. 2021) with ``eta = 1`` (ancestral DDPM sampling,
+  the DDPM posterior step) or ``eta = 0`` (deterministic DDIM);
+- ``flow``: :class:`~physforecast.generative.flow.FlowMatching`, rectified flow / flow
+  matching (Lipman et al. 2023, Liu et al. 2023), ``x_t = (1 - t) x_0 + t eps``, velocity
+  target ``eps - x_0``, Euler steps of diffusers' ``FlowMatchEulerDiscreteScheduler``
+  from ``t = 1`` to ``0``.
+
+Every random number of a sample is in the noise it is given (DDPM's per-step noise
+included), so the beams of one search share them.
 
 (The authors' sketch uses ``z <- (z - beta_t eps) / (1 - beta_t)``, which is none of
 these; it is not reproduced.)
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from physforecast.generative import DDPM, FlowMatching
 from physforecast.layers import ResBlock
 
 __all__ = [
@@ -215,19 +222,30 @@ class DiTLatentDenoiser(nn.Module):
 
 
 class DiffusionProcess(nn.Module):
-    """The noise schedule, the training objective and the sampler of one ``kind``.
+    """ST-PAD's ``stpad.sampler`` over :mod:`physforecast.generative`'s diffusers processes.
+
+    A thin adapter: training examples come from the process's ``corrupt`` and sampling
+    from its ``sample`` (diffusers' schedulers); this class keeps ST-PAD's conventions,
+    a ``model_fn(x_t, t)`` with ``t`` in [0, 1] (the diffusers timestep divided by
+    ``num_train_timesteps``) and all the sampler's randomness in the ``noise`` it is given.
 
     Parameters
     ----------
     kind : {"ddpm", "ddim", "flow"}
-        The training objective and sampler (``ddpm`` and ``ddim`` train alike).
+        ``ddpm`` and ``ddim``: :class:`~physforecast.generative.diffusion.DDPM` with the cosine
+        schedule (diffusers' ``squaredcos_cap_v2``) of ``train_steps`` steps, epsilon
+        prediction and ``trailing`` step spacing; ``ddim`` samples with DDIM at
+        ``eta = 0``, ``ddpm`` ancestrally (DDIM at ``eta = 1``, the DDPM posterior step)
+        with the per-step noise taken from ``noise``. ``flow``:
+        :class:`~physforecast.generative.flow.FlowMatching` (uniform times, no shift), Euler
+        steps of diffusers' ``FlowMatchEulerDiscreteScheduler``.
     train_steps : int
-        Discrete diffusion steps of the DDPM schedule.
+        Discrete diffusion steps of the DDPM schedule (unused by ``flow``).
     sample_steps : int
         Steps of the sampler.
     """
 
-    alpha_bar: torch.Tensor
+    alpha_bar: torch.Tensor | None
 
     def __init__(self, kind: str = "ddim", train_steps: int = 100, sample_steps: int = 20) -> None:
         super().__init__()
@@ -239,17 +257,29 @@ class DiffusionProcess(nn.Module):
                 f"{train_steps}, {sample_steps}"
             )
         self.kind, self.train_steps, self.sample_steps = kind, int(train_steps), int(sample_steps)
-        s = 0.008
-        steps = torch.arange(train_steps + 1, dtype=torch.float64) / train_steps
-        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-        abar = f / f[0]
-        betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
-        self.register_buffer("alpha_bar", torch.cumprod(1 - betas, 0).float(), persistent=False)
+        self.generative: FlowMatching | DDPM
+        if kind == "flow":
+            self.generative = FlowMatching()
+            abar = None
+        else:
+            self.generative = DDPM(
+                self.train_steps,
+                beta_schedule="squaredcos_cap_v2",
+                prediction_type="epsilon",
+                timestep_spacing="trailing",
+            )
+            abar = self.generative.scheduler("ddim").alphas_cumprod.float()
+        #: (train_steps,) the DDPM schedule's ``alpha_bar`` (None for ``flow``).
+        self.register_buffer("alpha_bar", abar, persistent=False)
 
     @property
     def noise_draws(self) -> int:
         """Noise tensors one sample uses: the start, plus one per step for DDPM."""
         return 1 + (self.sample_steps if self.kind == "ddpm" else 0)
+
+    def _unit_time(self, timestep: torch.Tensor) -> torch.Tensor:
+        """diffusers' timestep (B,) -> ST-PAD's diffusion time (B,) in [0, 1]."""
+        return timestep.float() / self.generative.num_train_timesteps
 
     # -- training --------------------------------------------------------------------
     def loss(
@@ -257,23 +287,12 @@ class DiffusionProcess(nn.Module):
     ) -> torch.Tensor:
         """The denoising (or flow-matching) MSE of one batch of clean latents ``x0`` (B, ...).
 
-        Times and noise come from the global random state. ``weight`` (B,) weighs samples.
+        Times and noise come from the global random state (the process's ``corrupt``).
+        ``weight`` (B,) weighs samples.
         """
-        b = x0.shape[0]
-        noise = torch.randn_like(x0)
-        shape = (b,) + (1,) * (x0.ndim - 1)
-        if self.kind == "flow":
-            t = torch.rand(b, device=x0.device)
-            tt = t.reshape(shape)
-            x_t = (1 - tt) * x0 + tt * noise
-            target = noise - x0
-        else:
-            i = torch.randint(self.train_steps, (b,), device=x0.device)
-            abar = self.alpha_bar.to(x0.device)[i].reshape(shape)
-            x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-            target = noise
-            t = i.float() / self.train_steps
-        err = (model_fn(x_t, t) - target).pow(2).flatten(1).mean(1)
+        x_t, timestep, target = self.generative.corrupt(x0)
+        pred = model_fn(x_t, self._unit_time(timestep))
+        err = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         return (
             (err * weight).sum() / weight.sum().clamp_min(1e-12)
             if weight is not None
@@ -285,31 +304,24 @@ class DiffusionProcess(nn.Module):
     def sample(self, model_fn: ModelFn, noise: torch.Tensor) -> torch.Tensor:
         """Clean samples ``(B, ...)`` from the noise ``(noise_draws, B, ...)``.
 
-        ``noise[0]`` is the starting point; DDPM draws ``noise[1:]`` at its steps. The
-        result is a deterministic function of ``noise`` (and the model).
+        ``noise[0]`` is the starting point; DDPM adds ``noise[1 + k]`` at step ``k``. The
+        result is a deterministic function of ``noise`` (and the model): no generator or
+        global random state is read, which the beam search relies on.
         """
         if noise.shape[0] != self.noise_draws:
             raise ValueError(
                 f"{self.kind} needs {self.noise_draws} noise tensors; got {noise.shape[0]}"
             )
-        x = noise[0]
-        b = x.shape[0]
+
+        def model(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return model_fn(x, self._unit_time(timestep))
+
         if self.kind == "flow":
-            ts = torch.linspace(1.0, 0.0, self.sample_steps + 1, device=x.device)
-            for k in range(self.sample_steps):
-                t = ts[k].expand(b)
-                x = x + (ts[k + 1] - ts[k]) * model_fn(x, t)
-            return x
-        eta = 1.0 if self.kind == "ddpm" else 0.0
-        abar = self.alpha_bar.to(x.device)
-        steps = torch.linspace(self.train_steps - 1, 0, self.sample_steps).round().long().tolist()
-        for k, i in enumerate(steps):
-            a_t = abar[i]
-            a_prev = abar[steps[k + 1]] if k + 1 < len(steps) else torch.ones((), device=x.device)
-            eps = model_fn(x, torch.full((b,), i / self.train_steps, device=x.device))
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-            sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
-            if eta > 0 and k + 1 < len(steps):
-                x = x + sigma * noise[1 + k]
-        return x
+            return self.generative.sample(model, noise[0], steps=self.sample_steps)
+        return self.generative.sample(
+            model,
+            noise[0],
+            steps=self.sample_steps,
+            sampler=self.kind,
+            step_noise=noise[1:] if self.kind == "ddpm" else None,
+        )

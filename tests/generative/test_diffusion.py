@@ -98,3 +98,60 @@ def test_corrupt_targets():
     assert t.dtype == torch.int64 and int(t.max()) < 1000
     with pytest.raises(ValueError):
         DDPM(prediction_type="score")
+
+
+def test_given_step_noise_is_the_ancestral_ddpm_step():
+    """Ancestral DDPM with explicit per-step noise equals diffusers' DDPMScheduler drawing
+    the same noise from a generator, and is a deterministic function of the noise."""
+    process = DDPM()
+    noise, steps = _noise(64, 3), 20
+    drawn = process.sample(
+        _exact(process),
+        noise,
+        steps=steps,
+        sampler="ddpm",
+        generator=torch.Generator().manual_seed(7),
+    )
+    gen = torch.Generator().manual_seed(7)  # DDPMScheduler draws one tensor per step
+    step_noise = torch.stack(
+        [torch.randn(noise.shape, generator=gen, dtype=noise.dtype) for _ in range(steps)]
+    )
+    given = process.sample(
+        _exact(process), noise, steps=steps, sampler="ddpm", step_noise=step_noise
+    )
+    # the schedulers hold float32 alphas: the two formulas agree to float32 rounding
+    torch.testing.assert_close(given, drawn, atol=1e-5, rtol=1e-5)
+    again = process.sample(
+        _exact(process), noise, steps=steps, sampler="ddpm", step_noise=step_noise
+    )
+    torch.testing.assert_close(again, given, atol=0, rtol=0)
+    other = process.sample(
+        _exact(process), noise, steps=steps, sampler="ddpm", step_noise=step_noise.flip(0)
+    )
+    assert not torch.allclose(other, given)
+    ddim = process.sample(
+        _exact(process), noise, steps=steps, sampler="ddim", eta=1.0, step_noise=step_noise
+    )
+    torch.testing.assert_close(ddim, given, atol=0, rtol=0)
+
+
+def test_step_noise_errors():
+    process = DDPM()
+    noise = torch.randn(4, 2, 1, 1)
+    with pytest.raises(ValueError, match="shape"):
+        process.sample(
+            _exact(process), noise, steps=5, sampler="ddpm", step_noise=torch.randn(4, 4, 2, 1, 1)
+        )
+    with pytest.raises(ValueError, match="stochastic"):
+        process.sample(
+            _exact(process), noise, steps=5, sampler="ddim", step_noise=torch.randn(5, 4, 2, 1, 1)
+        )
+    with pytest.raises(ValueError, match="not both"):
+        process.sample(
+            _exact(process),
+            noise,
+            steps=5,
+            sampler="ddpm",
+            step_noise=torch.randn(5, 4, 2, 1, 1),
+            generator=torch.Generator(),
+        )

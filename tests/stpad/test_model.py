@@ -120,7 +120,54 @@ def test_samplers_recover_a_point_mass_with_its_exact_denoiser(kind):
     assert float(loss) < 1e-8
 
 
-def test_beam_search_over_diffusion_samples_is_the_best_of_exhaustive_search(model):
+def test_the_ddpm_schedule_is_the_cosine_schedule():
+    """diffusers' ``squaredcos_cap_v2`` behind ``ddpm``/``ddim`` is Nichol & Dhariwal's
+    cosine ``alpha_bar`` (betas capped at 0.999)."""
+    import math
+
+    proc = DiffusionProcess("ddim", train_steps=50, sample_steps=10)
+    s = 0.008
+    steps = torch.arange(51, dtype=torch.float64) / 50
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    torch.testing.assert_close(
+        proc.alpha_bar.double(), torch.cumprod(1 - betas, 0), atol=1e-6, rtol=0
+    )
+    assert DiffusionProcess("flow").alpha_bar is None
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim", "flow"])
+def test_samples_are_a_deterministic_function_of_the_given_noise(kind):
+    """No generator or global random state inside the sampler: the beam search needs it."""
+    proc = DiffusionProcess(kind, train_steps=50, sample_steps=5)
+
+    def fn(x_t, t):  # not the exact denoiser: the path depends on every noise draw
+        return torch.sin(3 * x_t) + t[:, None]
+
+    noise = torch.randn(proc.noise_draws, 4, 3, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    out = proc.sample(fn, noise)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    torch.testing.assert_close(proc.sample(fn, noise), out, rtol=0, atol=0)
+    torch.testing.assert_close(proc.sample(fn, noise[:, :2]), out[:2], rtol=0, atol=0)
+    changed = noise.clone()
+    changed[1 if kind == "ddpm" else 0] += 1.0  # DDPM: the first step's noise; else the start
+    assert not torch.allclose(proc.sample(fn, changed), out)
+    with pytest.raises(ValueError, match="noise tensors"):
+        proc.sample(fn, torch.randn(proc.noise_draws + 1, 4, 3))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "flow"])
+def test_beam_search_over_diffusion_samples_is_the_best_of_exhaustive_search(tmp_path, sampler):
+    cfg = tiny_cfg(
+        tmp_path, **{"stpad.block": 1, "stpad.sampler": sampler, "stpad.sample_steps": 4}
+    )
+    torch.manual_seed(0)
+    model = build_stpad_model(_spec(cfg), cfg)
+    _randomize(model.denoiser)
+    model.eval()
+    assert model.process.kind == sampler
     x = torch.randn(2, 2, 1, 16, 16)
     cond = torch.tensor([[-0.5], [0.7]])
     k, steps = 3, 2  # block = 1 lead time, T_out = 2
