@@ -876,7 +876,7 @@ def _dataset_section(res: dict[str, Any], ds: dict[str, Any]) -> list[str]:
                 ):
                     cells = [_pm([_metric_of(r.get(part, {}), m) for r in runs]) for m in metrics]
                     lines.append(
-                        f"| {bb} | ({label}: {plabel}) | | | | " + " | ".join(cells) + " | |"
+                        f"| {bb} | ({label}: {plabel}) | | | | " + " | ".join(cells) + " | | |"
                     )
     first = _select(res, dataset=name, kind="supervised", fraction=1.0)[:1]
     truth = [_metric_of(first[0]["metrics"], f"{m}_truth") if first else None for m in metrics]
@@ -884,7 +884,7 @@ def _dataset_section(res: dict[str, Any], ds: dict[str, Any]) -> list[str]:
         lines.append(
             "| | truth (its reference-free metrics) | | | | "
             + " | ".join("" if t is None else _fmt(t) for t in truth)
-            + " | |"
+            + " | | |"
         )
     lines += ["", f"### {name}: RMSE per lead time (mean over seeds)", ""]
     leads = res["setup"]["out_steps"]
