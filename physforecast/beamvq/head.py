@@ -421,6 +421,7 @@ def head_loss(
     base_weight: float = 0.0,
     mask: torch.Tensor | None = None,
     err: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    reduction: str = "mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Training loss of the head: top-1 + candidates + commitment (+ backbone).
 
@@ -438,7 +439,14 @@ def head_loss(
         Truth ``(B, T, C, H, W)``.
     mask : Tensor, optional
         Valid points ``(B, C, H, W)`` (bool); masked-out points do not count.
+    reduction : {"mean", "min"}
+        How the candidates' errors combine: ``mean`` over the K (the authors' loss, which
+        pulls every candidate to the truth), or ``min``: per window only the candidate
+        closest to the truth is trained (multiple-choice learning), which lets the others
+        stay different, i.e. diverse candidates worth searching.
     """
+    if reduction not in ("mean", "min"):
+        raise ValueError(f"head_loss reduction must be 'mean' or 'min'; got {reduction!r}")
     cands = out.candidates
     if target.shape != cands.shape[:1] + cands.shape[2:]:
         raise ValueError(
@@ -459,7 +467,15 @@ def head_loss(
     loss = top1 + out.vq_loss
     logs = {"top1_mse": float(top1.detach()), "vq_loss": float(out.vq_loss.detach()), **out.logs}
     if candidate_weight and cands.shape[1] > 1:
-        if out.ranks is None:
+        if reduction == "min":
+            diff = (cands.float() - target.unsqueeze(1).float()) ** 2  # (B, K, T, C, H, W)
+            if mask is None:
+                per = diff.flatten(2).mean(-1)
+            else:
+                m = mask[:, None, None].expand_as(diff).float()
+                per = (diff * m).flatten(2).sum(-1) / m.flatten(2).sum(-1).clamp_min(1)
+            cand = per.min(1).values.mean()
+        elif out.ranks is None:
             cand = mse(cands, target.unsqueeze(1).expand_as(cands))
         else:  # unbiased estimate of the mean over all K ranks from rank 0 + sampled ranks
             m = len(out.ranks) - 1

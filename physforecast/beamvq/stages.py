@@ -249,17 +249,32 @@ def fit_block_critic(
     """Fit a :class:`ContextCritic` over blocks on held-out candidates (see :func:`critic_examples`).
 
     Returns the critic (in eval mode, on ``device``) and its fit: the final loss and the
-    Spearman rank correlation of its predictions with the true log-RMSE on the examples.
+    Spearman rank correlation of its predictions with the true log-RMSE among the K
+    candidates of an example, averaged over a fifth of the examples left out of a first
+    fit (the returned critic is then fitted on all of them).
     """
     history, cands, target = critic_examples(model, loader, device=device)
     critic = ContextCritic(
         model.out_channels, model.block, context=min(context, model.in_steps), hidden=hidden
     )
     gen = torch.Generator().manual_seed(seed)
+    # a fifth of the examples (at least one) checks the fit; the critic then refits on all
+    n = history.shape[0]
+    order = torch.randperm(n, generator=gen)
+    held, fit_rows = order[: max(1, n // 5)], order[max(1, n // 5) :]
+    rho = float("nan")
+    if len(fit_rows):
+        fit_critic(
+            critic, history[fit_rows], cands[fit_rows], target[fit_rows], steps=steps, generator=gen
+        )
+        with torch.no_grad():
+            pred = critic(history[held], cands[held])
+        # within each example's K candidates: the ranking the beam search uses
+        rho = sum(spearman(p, t) for p, t in zip(pred, target[held], strict=True)) / len(held)
+        critic = ContextCritic(
+            model.out_channels, model.block, context=min(context, model.in_steps), hidden=hidden
+        )
     losses = fit_critic(critic, history, cands, target, steps=steps, generator=gen)
-    with torch.no_grad():
-        pred = critic(history, cands)
-    rho = spearman(pred.flatten(), target.flatten())
     return critic.to(device), {"critic_loss": losses[-1], "critic_spearman": rho}
 
 
@@ -278,6 +293,7 @@ def policy_loss_fn(
     weight: float = 1.0,
     base_weight: float = 1.0,
     supervised_weight: float = 1.0,
+    reduction: str = "mean",
     reward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> Callable:
     """A trainer ``loss_fn(head, batch)``: the head's loss + REINFORCE with a baseline.
@@ -300,6 +316,8 @@ def policy_loss_fn(
         Weight of the backbone's own MSE in the head loss (output mode: 1).
     supervised_weight : float
         Weight of the head's supervised loss (0: the policy gradient alone).
+    reduction : {"mean", "min"}
+        The head loss's reduction over candidates (``beamvq.candidate_loss``).
     reward : callable, optional
         ``reward(history, candidates (B, K, T, C, H, W), cond) -> (B, K)`` (higher is
         better); default ``-critic_penalty`` of the first block.
@@ -320,7 +338,9 @@ def policy_loss_fn(
         inner = head.module if hasattr(head, "module") else head
         cond = batch.get("params") if inner.backbone.cond_dim else None
         out = head(batch["x"], cond, k=model.top_k, temperature=model.temperature, log_prob=True)
-        sup, logs = head_loss(out, batch["y"], mask=batch.get("mask"), base_weight=base_weight)
+        sup, logs = head_loss(
+            out, batch["y"], mask=batch.get("mask"), base_weight=base_weight, reduction=reduction
+        )
         loss = supervised_weight * sup
         if out.log_prob is None or out.candidates.shape[1] < 3:
             return loss, logs

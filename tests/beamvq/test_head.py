@@ -169,3 +169,25 @@ def test_rank_subset_decodes_those_candidates_and_estimates_the_loss_without_bia
         head(x, k=4, ranks=(1, 2))
     with pytest.raises(ValueError, match="below k=4"):
         head(x, k=4, ranks=(0, 4))
+
+
+def test_min_reduction_trains_only_the_closest_candidate(tiny_backbone):
+    from physforecast.beamvq.head import HeadOutput
+
+    cands = torch.zeros(2, 3, 1, 1, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        cands[0, 1] += 1.0  # sample 0: candidate 1 has error 1, the others 2
+        cands[0, 0] += 4.0
+        cands[0, 2] += 4.0
+        cands[1] += torch.tensor([0.5, 1.5, 1.0]).reshape(3, 1, 1, 1, 1)  # sample 1: candidate 1
+    y = torch.full((2, 1, 1, 4, 4), 2.0)
+    out = HeadOutput(cands, cands[:, 0].detach(), torch.zeros(3, 2), torch.zeros(()), {})
+    loss, logs = head_loss(out, y, reduction="min")
+    # the mean over windows of the closest candidate's MSE: (1 + 0.25) / 2
+    assert logs["cand_mse"] == pytest.approx((1.0 + 0.25) / 2)
+    loss.backward()
+    grad = cands.grad.flatten(2).abs().sum(-1)
+    assert grad[0, 2] == 0 and grad[0, 1] > 0  # only the winner (and top-1) get gradient
+    assert grad[1, 2] == 0 and grad[1, 1] > 0
+    with pytest.raises(ValueError, match="reduction"):
+        head_loss(out, y, reduction="sum")

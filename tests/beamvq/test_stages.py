@@ -200,6 +200,32 @@ def test_the_default_forecast_is_a_multi_block_beam_that_differs_from_top1(tmp_p
     assert res["summary"]["beam_top1_diff"][0] > 0
 
 
+def test_a_run_with_the_critic_and_the_policy_stage(tmp_path):
+    cfg = _cfg(
+        tmp_path,
+        **{
+            "beamvq.critic": "true",
+            "beamvq.critic_steps": 20,
+            "beamvq.temperature": 0.5,
+            "beamvq.policy_steps": 2,
+        },
+    )
+    from physforecast import load
+
+    train(cfg, evaluate=False)
+    run = RunDir(cfg.out)
+    assert run.file("stages/critic.pt").exists()  # kept for an exact --resume
+    stages = [r["stage"] for r in run.read_metrics()]
+    assert stages[-1] == "policy"
+    model = load(cfg.out).model
+    assert model.critic is not None and "critic" in model.inference_score.weights
+    fresh = torch.load(run.file("stages/critic.pt"), weights_only=True)
+    for key, value in model.critic.state_dict().items():
+        torch.testing.assert_close(value, fresh[key])
+    with pytest.raises(ConfigError, match="policy_steps"):
+        train(_cfg(tmp_path / "b", **{"beamvq.policy_steps": 2}), evaluate=False)
+
+
 # -- the no-VQ control --------------------------------------------------------------------
 def test_identity_quantizer_is_the_same_head_without_codes():
     torch.manual_seed(0)
@@ -273,3 +299,51 @@ def test_policy_needs_sampling_and_a_reward():
         policy_loss_fn(BeamVQForecaster(head, top_k=3, temperature=0.0))
     with pytest.raises(ConfigError, match="critic"):
         policy_loss_fn(BeamVQForecaster(head, top_k=3, temperature=0.5))
+
+
+@pytest.mark.slow
+def test_default_score_ranks_held_out_candidates_of_a_trained_model_like_the_rmse(tmp_path):
+    # the slow sibling of the synthetic test: a trained fno + head on ns2d, the candidates
+    # of validation windows (never trained on), the run's default score and truth levels
+    from physforecast.beamvq.context import PhysicsContext
+    from physforecast.beamvq.method import build_beamvq_model, fit_stage, head_loss_fn
+    from physforecast.beamvq.stages import spearman, truth_scales
+
+    torch.manual_seed(0)
+    cfg = apply_overrides(
+        Config(),
+        [
+            "data.options={n_trajectories: 10, n_steps: 20}",
+            "data.in_steps=5",
+            "data.out_steps=5",
+            "data.batch_size=16",
+            "model.options={modes: 8, hidden: 16, n_layers: 2}",
+            "train.device=cpu",
+            "beamvq.num_codes=64",
+            "beamvq.code_dim=16",
+            "beamvq.block=5",
+        ],
+    )
+    data = prepare_data(cfg)
+    spec = {"name": "fno", "in_steps": 5, "out_steps": 5, "in_channels": 1, "modes": 8}
+    model = build_beamvq_model(cfg, {**spec, "hidden": 16, "n_layers": 2}, example_size=(32, 32))
+    model.context_fn.fill(data)
+    assert isinstance(model.context_fn, PhysicsContext)
+    fit_stage(model.head.backbone, cfg, data.train, None, 6)
+    fit_stage(model.head, cfg, data.train, None, 2, loss_fn=head_loss_fn(model.top_k, 0.0, 1.0))
+    model.eval()
+    loader = torch.utils.data.DataLoader(data.train, batch_size=16)
+    scales, missing = truth_scales(model, model.score, loader)
+    assert not missing
+    model.set_score_scales(scales)
+    score = model.inference_score
+    rhos = []
+    for batch in torch.utils.data.DataLoader(data.val, batch_size=16):
+        with torch.no_grad():
+            cands = model.candidates(batch["x"])
+        ctx = model.context_fn(batch["x"], None)
+        pen = score(cands, ctx)
+        ctx.target = batch["y"]
+        rmse = SCORES.entry("rmse").factory(cands, ctx)
+        rhos += [spearman(pen[i], rmse[i]) for i in range(len(pen))]
+    assert sum(rhos) / len(rhos) > 0.1, rhos
