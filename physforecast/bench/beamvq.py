@@ -791,7 +791,14 @@ def report(res: dict[str, Any]) -> str:
             + ", ".join(f"`{k}`" for k in missing)
             + "; what needs it was not run."
         )
-    else:
+    absent = _absent(res)
+    if absent:
+        lines.append(
+            "Contenders of the setup without results: "
+            + "; ".join(f"{what} (seeds {seeds})" for what, seeds in absent.items())
+            + "."
+        )
+    elif not missing:
         lines.append("Every contender of the setup ran.")
     lines += [
         "",
@@ -1029,20 +1036,47 @@ def _ablation_section(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _absent(res: dict[str, Any]) -> dict[str, list[int]]:
+    """``{"dataset backbone kind fraction": [seeds]}`` of the setup's contenders not in ``res``."""
+    s, keys = res["setup"], res["keys"]
+    have = {_entry_id(r) for r in res["runs"]}
+    out: dict[str, list[int]] = {}
+    for seed in s["seeds"]:
+        expected = []
+        for ds in s["datasets"]:
+            for bb in ds["backbones"]:
+                kinds = ["supervised", "beamvq", "supervised_wall"]
+                if bb in s["control_backbones"] and keys.get("beamvq.quantizer"):
+                    kinds.append("beamvq_identity")
+                expected += [(ds["name"], bb, k, 1.0) for k in kinds]
+        if keys.get("data.train_fraction"):
+            ds0, fb = s["datasets"][0]["name"], s["fraction_backbone"]
+            for frac in s["fractions"]:
+                if frac < 1.0:
+                    kinds = ("supervised", "beamvq", "beamvq_unlabelled")
+                    expected += [(ds0, fb, k, frac) for k in kinds]
+        for ds, bb, kind, frac in expected:
+            if (ds, bb, kind, frac, seed) not in have:
+                out.setdefault(f"{ds} {bb} {kind} fraction {frac}", []).append(seed)
+    return out
+
+
 def _per_run_section(res: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "## Every run",
         "",
-        "| dataset | backbone | contender | fraction | seed | RMSE | wall s | stages: epochs (best) | load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | backbone | contender | fraction | seed | RMSE | wall s | stages: epochs (best) "
+        "| load | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["runs"]:
         stages = ", ".join(f"{k} {v['epochs']}({v['best_epoch']})" for k, v in r["stages"].items())
         load = r.get("uptime", "").split("load average:")[-1].strip()
         lines.append(
             f"| {r['dataset']} | {r['backbone']} | {r['kind']} | {r['fraction']} | {r['seed']} | "
-            f"{_fmt(_metric_of(r['metrics'], 'rmse'))} | {r['seconds']:.0f} | {stages} | {load} |"
+            f"{_fmt(_metric_of(r['metrics'], 'rmse'))} | {r['seconds']:.0f} | {stages} | {load} | "
+            f"{r.get('note', '')} |"
         )
     return lines
 
@@ -1122,8 +1156,10 @@ def _write_page(path: Path, text: str) -> None:
     """Write the report into ``path``; a page that has the markers keeps its other text."""
     from physforecast.atomic import atomic_write
 
-    block = f"{BEGIN}\n{text}\n{END}"
     old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old and text.startswith("# "):
+        text = text.split("\n", 1)[1].lstrip("\n")  # the page has its own title
+    block = f"{BEGIN}\n{text}\n{END}"
     if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
         new = head + block + rest.split(END, 1)[1]
