@@ -68,8 +68,9 @@ def test_quick_report_says_smoke_and_regenerates_from_json(quick):
     assert text.startswith("# BeamVQ benchmark")
     assert "Smoke run (`--quick`)" in text
     assert "Command: `physforecast bench beamvq --quick`" in text
-    assert "| fno | backbone alone, converged (early stopping) |" in text
-    assert "| fno | BeamVQ (defaults) |" in text
+    for kind in ("supervised", "supervised_wall", "beamvq"):
+        assert f"| fno | {beamvq.KINDS[kind][1]} |" in text
+    assert "## Data scarcity (ns2d, fno)" in text and "## Inference-only ablations (" in text
     assert "nan" not in text.lower().replace("nanmean", "")
     assert text == beamvq.report(res)  # the saved JSON renders the same page
 
