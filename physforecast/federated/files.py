@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: Held around every netCDF / HDF5 read and write of a party. Parties run as threads of
+#: one process in thread mode, and the HDF5 library under netCDF-4 is not thread-safe: two
+#: parties opening or writing files at once crashed the process (bus error, segfault).
+HDF5_LOCK = threading.Lock()
+
 __all__ = [
+    "HDF5_LOCK",
     "party_dir",
     "party_summary_path",
     "party_log_path",

@@ -30,10 +30,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from physforecast.data import ForecastWindows, Normalizer, open_dataset, split_indices
 from physforecast.training import mse_loss_fn
 
-#: Parties run as threads of one process in thread mode; the HDF5 library under netCDF-4
-#: is not thread-safe (two parties opening their files at once crashed with a bus error),
-#: so they read one at a time.
-_READ_LOCK = threading.Lock()
+from .files import HDF5_LOCK
 
 __all__ = [
     "LocalData",
@@ -121,7 +118,7 @@ def load_local_data(
     """
     # a party's own data are small next to memory; reading windows lazily from the file
     # would make data loading, not training, the local compute
-    with _READ_LOCK:
+    with HDF5_LOCK:  # parties in thread mode read one at a time
         ds = open_dataset(path).load()
     names = list(variables) if variables else _forecast_variables(ds)
     if not names:

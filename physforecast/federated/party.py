@@ -307,7 +307,8 @@ class Party:
         from physforecast.metrics import score, write_scorecard
 
         card = score(forecast, truth)
-        paths = list(write_scorecard(card, self.out_dir))
+        with files.HDF5_LOCK:  # other parties may be threads of this process
+            paths = list(write_scorecard(card, self.out_dir))
         norm_path = files.party_normalization_path(self.out_dir)
         files.atomic_write(norm_path, lambda tmp: _save_normalizer(self.data.normalizer, tmp))
         model_path = save_checkpoint(
