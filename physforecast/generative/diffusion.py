@@ -14,16 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from .guidance import condition_dropout, denoise_fn
+from .process import NoiseProcess
 
 __all__ = ["DDPM"]
 
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
-class DDPM:
+class DDPM(NoiseProcess):
     """Denoising diffusion (DDPM / DDIM sampling) with diffusers' schedulers.
 
     Parameters
@@ -206,17 +206,3 @@ class DDPM:
             else:
                 x = scheduler.step(out, t, x, generator=generator).prev_sample
         return x
-
-    def train_step(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        x0: torch.Tensor,
-        **kwargs: Any,
-    ) -> float:
-        """One optimizer step on the loss (``kwargs`` as in :meth:`loss`); the loss value."""
-        optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(model, x0, **kwargs)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from .guidance import condition_dropout, denoise_fn
+from .process import NoiseProcess
 
 __all__ = ["FlowMatching", "flow_sigmas", "shift_sigmas"]
 
@@ -54,7 +54,7 @@ def flow_sigmas(steps: int, shift: float = 1.0, *, num_train_timesteps: int = 10
     return torch.cat([sigmas, torch.zeros(1)])
 
 
-class FlowMatching:
+class FlowMatching(NoiseProcess):
     """Flow-matching training and sampling of a denoiser (see the module docstring).
 
     Parameters
@@ -228,17 +228,3 @@ class FlowMatching:
             out = denoise(x, t.expand(b))
             x = scheduler.step(out, t, x).prev_sample
         return x
-
-    def train_step(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        x0: torch.Tensor,
-        **kwargs: Any,
-    ) -> float:
-        """One optimizer step on the loss (``kwargs`` as in :meth:`loss`); the loss value."""
-        optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(model, x0, **kwargs)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())

@@ -333,6 +333,28 @@ def _chunk(fld: _Field, ctx: dict[str, Any], per_sample: set[str], sl: slice):
     return part, sub
 
 
+def _runs(item: SuiteItem, data: _Data, fld: Any, params: dict[str, Any], reduces: bool):
+    """The keywords of ``item``'s metric on field ``fld`` and its runs [(row, source)]:
+    the forecast (or its members) and, for a reference-free metric, the truth too."""
+    meta = item.meta
+    ensemble = bool(meta.get("ensemble"))
+    if ensemble and fld.members is None:
+        raise _Unavailable(f"metric {item.row!r} needs an ensemble (a 'member' dim)")
+    ctx = dict(data.context)
+    if not meta.get("weighted", True):
+        ctx.pop("weights", None)
+    ctx.update(mask=fld.mask, climatology=fld.climatology)
+    if reduces:
+        ctx["sample_dim"] = 0
+    if ensemble:
+        ctx["member_dim"] = 2
+    kwargs = _call_kwargs(item, params, ctx)  # checks required keywords once
+    runs = [(item.row, "members" if ensemble else "pred")]
+    if meta.get("reference_free"):
+        runs.append((f"{item.row}_truth", "truth"))
+    return kwargs, runs
+
+
 def _evaluate(
     item: SuiteItem, data: _Data, chunk: int | None
 ) -> list[tuple[str, str, np.ndarray, bool]]:
@@ -345,25 +367,11 @@ def _evaluate(
     params = dict(inspect.signature(item.fn).parameters)
     window = bool(meta.get("window"))
     reduces = bool(meta.get("reduces_samples"))
-    ensemble = bool(meta.get("ensemble"))
     step = data.n_samples if reduces or not chunk else chunk
     slices = [slice(i, i + step) for i in range(0, data.n_samples, step)]
     out = []
     for label, fld in _targets(item, data):
-        if ensemble and fld.members is None:
-            raise _Unavailable(f"metric {item.row!r} needs an ensemble (a 'member' dim)")
-        ctx = dict(data.context)
-        if not meta.get("weighted", True):
-            ctx.pop("weights", None)
-        ctx.update(mask=fld.mask, climatology=fld.climatology)
-        if reduces:
-            ctx["sample_dim"] = 0
-        if ensemble:
-            ctx["member_dim"] = 2
-        kwargs = _call_kwargs(item, params, ctx)  # checks required keywords once
-        runs = [(item.row, "members" if ensemble else "pred")]
-        if meta.get("reference_free"):
-            runs.append((f"{item.row}_truth", "truth"))
+        kwargs, runs = _runs(item, data, fld, params, reduces)
         for row, source in runs:
             values = []
             for sl in slices:
@@ -630,25 +638,11 @@ def _partials(item: SuiteItem, data: _Data, chunk: int | None) -> list[tuple[str
             out.append((label, ("fields", (fld, dict(data.context), data.per_sample))))
         return out
     params = dict(inspect.signature(item.fn).parameters)
-    ensemble = bool(meta.get("ensemble"))
     step = data.n_samples if not chunk else chunk
     slices = [slice(i, i + step) for i in range(0, data.n_samples, step)]
     out = []
     for label, fld in _targets(item, data):
-        if ensemble and fld.members is None:
-            raise _Unavailable(f"metric {item.row!r} needs an ensemble (a 'member' dim)")
-        ctx = dict(data.context)
-        if not meta.get("weighted", True):
-            ctx.pop("weights", None)
-        ctx.update(mask=fld.mask, climatology=fld.climatology)
-        if reduces:
-            ctx["sample_dim"] = 0
-        if ensemble:
-            ctx["member_dim"] = 2
-        kwargs = _call_kwargs(item, params, ctx)
-        runs = [(item.row, "members" if ensemble else "pred")]
-        if meta.get("reference_free"):
-            runs.append((f"{item.row}_truth", "truth"))
+        kwargs, runs = _runs(item, data, fld, params, reduces)
         rows = []
         for row, source in runs:
             values = []
