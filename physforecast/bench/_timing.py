@@ -1,5 +1,6 @@
 """Shared by the benches: interleaved timing with warm-up, repeats and spread; the
-machine line (with its load); ratio formatting (always package / peer)."""
+machine line (with its load); ratio formatting (always package / peer); this process's
+memory from ``/proc``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def interleave(
             contenders[name]()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def status_mb(field: str) -> float:
+    """A memory line of ``/proc/self/status`` in MB: ``VmRSS`` (now) or ``VmHWM`` (the
+    peak of this process image since its ``exec``, unlike ``ru_maxrss``, which also
+    counts the parent's memory at ``fork``)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def median(values: list[float]) -> float:

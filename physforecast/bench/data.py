@@ -37,7 +37,7 @@ import numpy as np
 
 from physforecast.data.windows import worker_init
 
-from ._timing import interleave, machine, median, ratio_cell, smoke_note, spread
+from ._timing import interleave, machine, median, ratio_cell, smoke_note, spread, status_mb
 
 __all__ = ["run", "make_store", "worker_init", "measure", "throughput"]
 
@@ -141,15 +141,6 @@ def _xbatcher(path: Path) -> int:
     return n
 
 
-def _status_mb(field: str) -> float:
-    """A memory line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise OSError(f"no {field} in /proc/self/status")
-
-
 def _reset_peak() -> bool:
     """Reset this process's peak-RSS mark (Linux ``clear_refs``); False if not allowed."""
     try:
@@ -204,7 +195,7 @@ def measure(method: str, path: str | os.PathLike, *, traced: bool = False) -> di
         _warm_up(path)
 
     reset = _reset_peak()
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     if traced:
         tracemalloc.start()
     t0 = time.perf_counter()
@@ -222,7 +213,7 @@ def measure(method: str, path: str | os.PathLike, *, traced: bool = False) -> di
         traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
     if reset:
-        peak = _status_mb("VmHWM")
+        peak = status_mb("VmHWM")
     else:  # the lifetime peak, imports included: an upper bound
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

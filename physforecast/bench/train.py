@@ -19,7 +19,6 @@ Both contenders run with the job's own thread setting
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -105,22 +104,28 @@ cfg = apply_overrides(Config(), [
     "model.options={hidden: 16, modes: 8}", f"out={out}",
 ])
 train(cfg)
+from physforecast.bench._timing import status_mb
+print("peak_mb", status_mb("VmHWM"))
 """
 
 
 def peak_rss(store: Path, out: Path) -> float:
-    """Peak resident memory (MB) of one ``train`` job on ``store``, in its own process."""
-    proc = subprocess.Popen(
+    """Peak resident memory (MB) of one ``train`` job on ``store``, in its own process.
+
+    The job reports its own ``VmHWM``: the child's ``ru_maxrss`` would include this
+    process's memory at the ``fork`` before ``exec`` (having just written a large store,
+    say), which is not the job's.
+    """
+    proc = subprocess.run(
         [sys.executable, "-c", _RSS_JOB, str(store), str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"train job on {store} failed:\n{err[-2000:]}")
-    return usage.ru_maxrss / 1024
+        raise RuntimeError(f"train job on {store} failed:\n{proc.stderr[-2000:]}")
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("peak_mb "))
+    return float(line.split()[1])
 
 
 def _store_mb(path: Path) -> float:

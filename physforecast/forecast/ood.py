@@ -9,7 +9,6 @@ stacks the scorecards along a ``split`` dim (``in``, ``test_ood``, ``test_ood_be
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -32,29 +31,24 @@ def stack_scorecards(cards: Mapping[str, xr.Dataset]) -> xr.Dataset:
 
 
 def score_splits(
-    forecast: Callable[[ForecastWindows], tuple[xr.Dataset, xr.Dataset]],
+    card_of: Callable[[ForecastWindows], xr.Dataset],
     test: ForecastWindows,
     extra: Mapping[str, ForecastWindows],
-    score: Callable[..., xr.Dataset],
-    suite: Any = None,
     in_card: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """Score the in-distribution test split and the OOD test splits side by side.
 
     Parameters
     ----------
-    forecast : callable
-        ``forecast(windows) -> (forecast, truth)`` Datasets
-        (:func:`~physforecast.forecast.windows.forecast_windows` with the run's model).
+    card_of : callable
+        ``card_of(windows) -> scorecard`` of a split
+        (:func:`~physforecast.forecast.windows.score_windows` with the run's model, which
+        streams the split in chunks).
     test : ForecastWindows
         The in-distribution test split.
     extra : mapping
         The OOD splits (``PreparedData.extra``); the :data:`TEST_SPLITS` among them are
         scored.
-    score : callable
-        :func:`physforecast.metrics.score`.
-    suite : optional
-        The suite passed to ``score``.
     in_card : xr.Dataset, optional
         The test split's scorecard when it is already computed.
 
@@ -64,10 +58,10 @@ def score_splits(
         ``score (split, metric, lead_time, variable)`` and ``summary (split, metric,
         variable)``.
     """
-    cards = {"in": in_card if in_card is not None else score(*forecast(test), suite)}
+    cards = {"in": in_card if in_card is not None else card_of(test)}
     for name in TEST_SPLITS:
         if name in extra:
-            cards[name] = score(*forecast(extra[name]), suite)
+            cards[name] = card_of(extra[name])
     return stack_scorecards(cards)
 
 

@@ -8,9 +8,11 @@ chunks one after another into one netCDF file.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +23,17 @@ from tqdm.auto import tqdm
 
 from physforecast.data.normalization import Normalizer
 from physforecast.data.windows import ForecastWindows, collate_windows
+from physforecast.metrics.scorecard import ScoreAccumulator
 
 from .dataset import declared_parameters, forecast_dataset, sample_parameters
 
-__all__ = ["forecast_windows", "iter_forecast_windows", "ensemble_members", "SampleAppender"]
+__all__ = [
+    "forecast_windows",
+    "iter_forecast_windows",
+    "score_windows",
+    "ensemble_members",
+    "SampleAppender",
+]
 
 
 @torch.no_grad()
@@ -70,36 +79,110 @@ def iter_forecast_windows(
     model.eval()
     device = torch.device(device)
     model.to(device)
-    cond_dim = getattr(model, "cond_dim", 0)
     members = ensemble_members(model)
     if members > 1:
         model.reseed()  # the same members on every evaluation
-    mask = windows.mask
     bar = tqdm(total=len(windows), desc="forecast", leave=False, disable=not progress)
     for start in range(0, len(windows), chunk):
         indices = range(start, min(start + chunk, len(windows)))
-        preds, truths = [], []
-        loader = DataLoader(
-            windows, batch_size=batch_size, sampler=indices, collate_fn=collate_windows
-        )
-        for batch in loader:
-            x = batch["x"].to(device)
-            cond = batch["params"].to(device) if cond_dim else None
-            out = model.sample(x, cond) if members > 1 else model(x, cond)
-            preds.append(normalizer.denormalize(out.float().cpu()))
-            truths.append(normalizer.denormalize(batch["y"]))
-            bar.update(len(x))
-        pred = torch.cat(preds).masked_fill(~mask, float("nan")).numpy()
-        true = torch.cat(truths).masked_fill(~mask, float("nan")).numpy()
+        pred, true = _forecast_chunk(model, windows, normalizer, indices, batch_size, device, bar)
         truth = _as_dataset(true, windows, indices)
         if members > 1:  # (S, M, T, C, H, W): one forecast Dataset per member, along "member"
             parts = [_as_dataset(pred[:, m], windows, indices) for m in range(pred.shape[1])]
             fields = list(windows.layout.variables)
             forecast = xr.concat(parts, dim="member", data_vars=fields, coords="minimal")
-            yield forecast.assign_coords(member=np.arange(pred.shape[1])), truth
+            forecast = forecast.assign_coords(member=np.arange(pred.shape[1]))
+            del parts
         else:
-            yield _as_dataset(pred, windows, indices), truth
+            forecast = _as_dataset(pred, windows, indices)
+        del pred, true
+        yield forecast, truth
+        # this frame's references would keep the chunk alive while the next one is built
+        del forecast, truth
     bar.close()
+
+
+def score_windows(
+    model: nn.Module,
+    windows: ForecastWindows,
+    normalizer: Normalizer,
+    suite: list[Any] | None = None,
+    *,
+    chunk: int = 256,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    each: Callable[[xr.Dataset, xr.Dataset], None] | None = None,
+) -> xr.Dataset:
+    """The scorecard of the forecasts of ``windows``, forecast and scored a chunk at a time.
+
+    Memory holds one chunk of ``chunk`` samples (its forecast, truth and the metrics'
+    intermediates) whatever the size of the split; the result equals
+    :func:`~physforecast.metrics.score` of :func:`forecast_windows`.
+
+    Parameters
+    ----------
+    model, windows, normalizer, chunk, batch_size, device
+        As for :func:`iter_forecast_windows`.
+    suite : list, optional
+        The metric suite (:func:`~physforecast.metrics.score`); default chosen from the data.
+    each : callable, optional
+        ``each(forecast, truth)`` is called with every chunk after it is scored (to write
+        it, say); it must not keep the chunk.
+
+    Returns
+    -------
+    xr.Dataset
+        The scorecard.
+    """
+    acc = ScoreAccumulator(suite)
+    chunks = iter_forecast_windows(
+        model, windows, normalizer, chunk=chunk, batch_size=batch_size, device=device
+    )
+    for forecast, truth in chunks:
+        acc.add(forecast, truth)
+        if each is not None:
+            each(forecast, truth)
+        # the chunk goes now: xarray objects sit in reference cycles, which the collector
+        # (counting objects, not bytes) would otherwise free late
+        del forecast, truth
+        gc.collect()
+    return acc.result()
+
+
+def _forecast_chunk(
+    model: nn.Module,
+    windows: ForecastWindows,
+    normalizer: Normalizer,
+    indices: range,
+    batch_size: int,
+    device: torch.device,
+    bar: tqdm,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forecast and truth of the windows ``indices``, physical units, NaN where invalid.
+
+    Each batch is written into two arrays allocated once, (S, [M,] T_out, C, H, W) and
+    (S, T_out, C, H, W), so a chunk costs its own size and no concatenated copies.
+    """
+    cond_dim = getattr(model, "cond_dim", 0)
+    members = ensemble_members(model)
+    invalid = ~windows.mask  # (C, H, W)
+    pred = true = None
+    done = 0
+    loader = DataLoader(windows, batch_size=batch_size, sampler=indices, collate_fn=collate_windows)
+    for batch in loader:
+        x = batch["x"].to(device)
+        cond = batch["params"].to(device) if cond_dim else None
+        out = model.sample(x, cond) if members > 1 else model(x, cond)
+        out = normalizer.denormalize(out.float().cpu()).masked_fill_(invalid, float("nan"))
+        y = normalizer.denormalize(batch["y"]).masked_fill_(invalid, float("nan"))
+        if pred is None:
+            pred = np.empty((len(indices), *out.shape[1:]), dtype=np.float32)
+            true = np.empty((len(indices), *y.shape[1:]), dtype=np.float32)
+        pred[done : done + len(x)] = out.numpy()
+        true[done : done + len(x)] = y.numpy()
+        done += len(x)
+        bar.update(len(x))
+    return pred, true
 
 
 def ensemble_members(model: nn.Module) -> int:

@@ -10,7 +10,7 @@ SEVIR thresholds on the 0-255 VIL scale: 16, 74, 133, 160, 181, 219.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,23 @@ def contingency(
     return Contingency(*counts)
 
 
+def _csi_of(c: Contingency) -> Tensor:
+    return c.hits / (c.hits + c.misses + c.false_alarms)
+
+
+def _pod_of(c: Contingency) -> Tensor:
+    return c.hits / (c.hits + c.misses)
+
+
+def _far_of(c: Contingency) -> Tensor:
+    return c.false_alarms / (c.hits + c.false_alarms)
+
+
+def _hss_of(c: Contingency) -> Tensor:
+    a, cc, b, d = c  # hits, misses, false alarms, correct negatives
+    return 2 * (a * d - b * cc) / ((a + cc) * (cc + d) + (a + b) * (b + d))
+
+
 def _register(name: str, higher_is_better: bool = True, **meta):
     return METRICS.register(
         name,
@@ -118,7 +135,7 @@ def csi(
     c = contingency(
         pred, target, threshold=threshold, weights=weights, mask=mask, sample_dim=sample_dim
     )
-    return c.hits / (c.hits + c.misses + c.false_alarms)
+    return _csi_of(c)
 
 
 @_register("csi_m")
@@ -158,7 +175,7 @@ def pod(
     c = contingency(
         pred, target, threshold=threshold, weights=weights, mask=mask, sample_dim=sample_dim
     )
-    return c.hits / (c.hits + c.misses)
+    return _pod_of(c)
 
 
 @_register("far", higher_is_better=False, variants=_THRESHOLD_VARIANTS)
@@ -176,7 +193,7 @@ def far(
     c = contingency(
         pred, target, threshold=threshold, weights=weights, mask=mask, sample_dim=sample_dim
     )
-    return c.false_alarms / (c.hits + c.false_alarms)
+    return _far_of(c)
 
 
 @_register("hss", variants=_THRESHOLD_VARIANTS)
@@ -194,10 +211,10 @@ def hss(
     ``a`` hits, ``b`` false alarms, ``c`` misses, ``d`` correct negatives; 1 is perfect,
     0 no better than chance. Arguments as :func:`contingency`.
     """
-    a, c, b, d = contingency(
+    c = contingency(
         pred, target, threshold=threshold, weights=weights, mask=mask, sample_dim=sample_dim
     )
-    return 2 * (a * d - b * c) / ((a + c) * (c + d) + (a + b) * (b + d))
+    return _hss_of(c)
 
 
 @_register("fss", weighted=False, variants=_THRESHOLD_VARIANTS)
@@ -237,6 +254,25 @@ def fss(
     torch.Tensor
         Shape (...); 1 for a perfect forecast, NaN when neither field has an event.
     """
+    sums = _fss_sums(pred, target, threshold=threshold, scale=scale, weights=weights, mask=mask)
+    num, den = sums.unbind(-1)
+    if sample_dim is not None:
+        d = leading_dim(sample_dim, pred.ndim, "fss")
+        num, den = num.sum(d), den.sum(d)
+    return 1 - num / den
+
+
+def _fss_sums(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    threshold: float,
+    scale: int = 9,
+    weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    **_: Any,
+) -> Tensor:
+    """``sum (F_p - F_t)^2`` and ``sum F_p^2 + sum F_t^2`` of each forecast: (..., 2)."""
     if scale < 1 or scale % 2 == 0:
         raise ValueError(f"fss: scale must be a positive odd integer, got {scale}")
     p, t, w = prepare(pred, target, weights, mask, name="fss", weighted=False)
@@ -249,7 +285,51 @@ def fss(
     fp, ft = frac[0], frac[1]
     num = spatial_sum((fp - ft) ** 2, w)
     den = spatial_sum(fp**2, w) + spatial_sum(ft**2, w)
-    if sample_dim is not None:
-        d = leading_dim(sample_dim, p.ndim, "fss")
-        num, den = num.sum(d), den.sum(d)
+    return torch.stack([num, den], -1)
+
+
+# ---------------------------------------------------------------- streaming
+# The scorecard's ScoreAccumulator pools these metrics over chunks of samples from the
+# per-forecast sums they are built from (``partial``), added up at the end (``combine``).
+
+
+def _counts(pred: Tensor, target: Tensor, *, threshold: float, weights=None, mask=None, **_: Any):
+    """The contingency counts of each forecast, float64: (..., 4)."""
+    c = contingency(pred, target, threshold=threshold, weights=weights, mask=mask)
+    return torch.stack(c, -1).double()
+
+
+def _counts_over_thresholds(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    thresholds: tuple[float, ...] = SEVIR_THRESHOLDS,
+    weights=None,
+    mask=None,
+    **_: Any,
+) -> Tensor:
+    """The counts of each forecast at each threshold: (..., n_thresholds, 4)."""
+    per = [_counts(pred, target, threshold=t, weights=weights, mask=mask) for t in thresholds]
+    return torch.stack(per, -2)
+
+
+def _from_counts(score_of):
+    def combine(stats: Tensor, **_: Any) -> Tensor:
+        return score_of(Contingency(*stats.sum(0).unbind(-1)))
+
+    return combine
+
+
+def _csi_m_combine(stats: Tensor, **_: Any) -> Tensor:
+    return _csi_of(Contingency(*stats.sum(0).unbind(-1))).nanmean(-1)
+
+
+def _fss_combine(stats: Tensor, **_: Any) -> Tensor:
+    num, den = stats.double().sum(0).unbind(-1)
     return 1 - num / den
+
+
+for _name, _of in (("csi", _csi_of), ("pod", _pod_of), ("far", _far_of), ("hss", _hss_of)):
+    METRICS.entry(_name).meta.update(partial=_counts, combine=_from_counts(_of))
+METRICS.entry("csi_m").meta.update(partial=_counts_over_thresholds, combine=_csi_m_combine)
+METRICS.entry("fss").meta.update(partial=_fss_sums, combine=_fss_combine)

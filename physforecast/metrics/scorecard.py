@@ -544,8 +544,9 @@ class ScoreAccumulator:
     per-sample values of the metrics that average samples ``(S, lead_time)``, and for the
     metrics that pool samples themselves (``reduces_samples``: fRMSE, cRMSE, max error,
     WB2 RMSE, spread-skill) the per-sample statistics they pool (their registered
-    ``partial``), combined at the end (``combine``). A pooling metric without that pair
-    (the categorical scores) keeps its chunks' fields until :meth:`result`.
+    ``partial``), combined at the end (``combine``): for the categorical scores, the
+    contingency counts of each forecast. A pooling metric registered without that pair
+    keeps its chunks' fields until :meth:`result`.
 
     :meth:`result` equals :func:`score` of the whole forecast (the same per-sample values,
     averaged in the same way).
@@ -579,7 +580,8 @@ class ScoreAccumulator:
         self.n_samples = 0
         self._skipped: set[str] = set()
         self._parts: dict[tuple[int, str], list[Any]] = {}
-        self._first: tuple[_Data, xr.Dataset] | None = None
+        # what the scorecard needs of the chunks beyond their scores: lead times and attrs
+        self._first: tuple[np.ndarray, xr.Dataset] | None = None
 
     def add(self, forecast: xr.Dataset, truth: xr.Dataset) -> None:
         """Score one chunk of samples (dims as for :func:`score`)."""
@@ -592,7 +594,7 @@ class ScoreAccumulator:
             self.items = resolve_suite(suite)
         data = _prepare(forecast, truth, self.weights, self.mask, self.climatology)
         if self._first is None:
-            self._first = (data, forecast.isel(sample=slice(0, 0)))
+            self._first = (data.lead_time, forecast.isel(sample=slice(0, 0)))
         self.n_samples += data.n_samples
         for k, item in enumerate(self.items):
             if item.row in self._skipped:
@@ -610,8 +612,8 @@ class ScoreAccumulator:
         """The scorecard of every chunk added so far."""
         if self._first is None or self.items is None:
             raise ValueError("no forecast chunk was added to the scorecard")
-        first, empty = self._first
-        data = _Data(first.fields, first.context, first.lead_time, self.n_samples)
+        lead_time, empty = self._first
+        data = _Data({}, {}, lead_time, self.n_samples)
         results: list[tuple[str, str, np.ndarray, bool]] = []
         metas: dict[str, dict[str, Any]] = {}
         for k, item in enumerate(self.items):

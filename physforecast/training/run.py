@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import sys
@@ -33,9 +32,9 @@ from physforecast.errors import (
     ResumeError,
     RunDirNotEmptyError,
 )
-from physforecast.forecast.windows import SampleAppender, forecast_windows, iter_forecast_windows
+from physforecast.forecast.windows import SampleAppender, score_windows
 from physforecast.methods import RunContext, get_method
-from physforecast.metrics import ScoreAccumulator, format_scorecard, score
+from physforecast.metrics import format_scorecard
 from physforecast.plots import plot_forecast_panel, plot_metric_vs_lead, save_figure
 from physforecast.registry import BACKBONES
 from physforecast.run_dir import RunDir, RunLock
@@ -298,7 +297,7 @@ def evaluate_run(
     ``plots/{forecast_panel,error_vs_lead}.png``, prints the scorecard table, then the
     method's own report (:meth:`~physforecast.methods.Method.evaluate`).
 
-    The split is forecast, scored (:class:`~physforecast.metrics.ScoreAccumulator`) and
+    The split is forecast, scored (:func:`~physforecast.forecast.windows.score_windows`) and
     written in chunks of ``eval.chunk`` samples, so memory does not grow with the size of
     the split; ``eval.save_samples`` keeps only the first samples in ``forecasts.nc``.
 
@@ -314,31 +313,20 @@ def evaluate_run(
     loaded = run.load_model(checkpoint, device=device)
     data = data or prepare_data(cfg, loaded.normalizer)
     keep = cfg.eval.save_samples
-    acc = ScoreAccumulator(suite)
     first: list[tuple[xr.Dataset, xr.Dataset]] = []
+    card: list[xr.Dataset] = []
 
     def stream(tmp: Path | None) -> None:
         """Forecast, score and (into ``tmp``) write the test split a chunk at a time."""
-        written = 0
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(SampleAppender(tmp)) if tmp is not None else None
-            chunks = iter_forecast_windows(
-                loaded.model,
-                data.test,
-                data.normalizer,
-                chunk=cfg.eval.chunk,
-                batch_size=cfg.data.batch_size,
-                device=device,
-            )
-            for forecast, truth in chunks:
+
+            def each(forecast: xr.Dataset, truth: xr.Dataset) -> None:
                 if not first:  # the panel plot shows the first sample
                     first.append((forecast.isel(sample=[0]), truth.isel(sample=[0])))
-                acc.add(forecast, truth)
-                n = (
-                    forecast.sizes["sample"]
-                    if keep is None
-                    else min(keep - written, forecast.sizes["sample"])
-                )
+                written = out.samples if out is not None else 0
+                n = forecast.sizes["sample"]
+                n = n if keep is None else min(keep - written, n)
                 if out is not None and n > 0:
                     head = {"sample": slice(0, n)}
                     out.append(
@@ -346,11 +334,19 @@ def evaluate_run(
                             **{f"{v}_truth": truth[v].isel(head) for v in data.variables}
                         )
                     )
-                    written += n
-                # the chunk's arrays go now: xarray objects sit in reference cycles, which
-                # the collector (counting objects, not bytes) would otherwise free late
-                del forecast, truth
-                gc.collect()
+
+            card.append(
+                score_windows(
+                    loaded.model,
+                    data.test,
+                    data.normalizer,
+                    suite,
+                    chunk=cfg.eval.chunk,
+                    batch_size=cfg.data.batch_size,
+                    device=device,
+                    each=each,
+                )
+            )
 
     if keep == 0:  # no forecasts file; one of an earlier evaluation would be stale
         stream(None)
@@ -358,7 +354,7 @@ def evaluate_run(
             (run.path / run.FORECASTS).unlink(missing_ok=True)
     else:
         run.write_in_pieces(run.FORECASTS, stream)
-    card = acc.result()
+    card = card[0]
     card.attrs.update(
         {"backbone": cfg.model.backbone, "method": cfg.method, "dataset": str(cfg.data.dataset)}
     )
@@ -385,12 +381,18 @@ def _score_ood(run: RunDir, model: Any, data: PreparedData, cfg: Config, device,
     from physforecast.forecast.ood import format_side_by_side, score_splits
     from physforecast.metrics.report import scorecard_to_json
 
-    def forecast(windows):
-        return forecast_windows(
-            model, windows, data.normalizer, batch_size=cfg.data.batch_size, device=device
+    def card_of(windows):
+        return score_windows(
+            model,
+            windows,
+            data.normalizer,
+            suite,
+            chunk=cfg.eval.chunk,
+            batch_size=cfg.data.batch_size,
+            device=device,
         )
 
-    both = score_splits(forecast, data.test, data.extra, score, suite, in_card=card)
+    both = score_splits(card_of, data.test, data.extra, in_card=card)
     run.write_dataset("scorecard_ood.nc", both)
     run.write_json(
         "scorecard_ood.json",

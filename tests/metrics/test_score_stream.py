@@ -30,12 +30,12 @@ def pair(n=11, lead=3, h=16, w=16, members=0, latlon=False, seed=0):
     return forecast, xr.Dataset({"u": (dims, truth), "viscosity": nu}, coords=coords, attrs=attrs)
 
 
-def streamed(forecast, truth, step, **kw):
+def streamed(forecast, truth, step, keep=False, **kw):
     acc = ScoreAccumulator(**kw)
     for i in range(0, forecast.sizes["sample"], step):
         sl = slice(i, i + step)
         acc.add(forecast.isel(sample=sl), truth.isel(sample=sl))
-    return acc.result()
+    return acc if keep else acc.result()
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def streamed(forecast, truth, step, **kw):
         ("generic", None),
         ("ensemble", [*GENERIC_SUITE, *ENSEMBLE_SUITE]),
         ("latlon", None),
-        ("categorical", ["csi_m", "pod", "rmse"]),
+        ("categorical", ["csi_m", "pod", "far", "hss", "fss", "rmse"]),
     ],
 )
 @pytest.mark.parametrize("step", [1, 4, 11])
@@ -52,13 +52,21 @@ def test_chunks_give_the_whole_scorecard(kind, suite, step):
     forecast, truth = pair(
         members=4 if kind == "ensemble" else 0, latlon=kind == "latlon", seed=step
     )
+    if kind == "categorical":  # onto the 0-255 VIL scale, so every SEVIR threshold has events
+        forecast, truth = 60 * forecast + 120, 60 * truth + 120
     whole = score(forecast, truth, suite, chunk=5)
-    parts = streamed(forecast, truth, step, suite=suite, chunk=5)
+    acc = streamed(forecast, truth, step, suite=suite, chunk=5, keep=True)
+    parts = acc.result()
     assert list(parts["metric"].values) == list(whole["metric"].values)
     assert parts.attrs["n_samples"] == whole.attrs["n_samples"] == 11
     np.testing.assert_allclose(parts["score"].values, whole["score"].values, rtol=1e-12, atol=0)
     np.testing.assert_allclose(parts["summary"].values, whole["summary"].values, rtol=1e-12)
     assert np.isfinite(whole["summary"].sel(metric=["rmse"]).values).all()
+    # every pooling metric keeps statistics per sample, never the chunks' fields
+    assert all(part[0] != "fields" for parts_ in acc._parts.values() for part in parts_)
+    if kind == "categorical":
+        assert np.isfinite(whole["summary"].values).all()
+        assert len(whole["metric"]) == 1 + 4 * 6 + 1  # csi_m, 4 scores x 6 thresholds, rmse
     # pooled metrics really pool: fRMSE of all samples is not the mean of per-chunk fRMSEs
     if kind == "generic" and step == 4:
         naive = np.mean(
