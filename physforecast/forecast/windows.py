@@ -85,7 +85,9 @@ def iter_forecast_windows(
     bar = tqdm(total=len(windows), desc="forecast", leave=False, disable=not progress)
     for start in range(0, len(windows), chunk):
         indices = range(start, min(start + chunk, len(windows)))
-        pred, true = _forecast_chunk(model, windows, normalizer, indices, batch_size, device, bar)
+        pred, true = _forecast_chunk(
+            model, members, windows, normalizer, indices, batch_size, device, bar
+        )
         truth = _as_dataset(true, windows, indices)
         if members > 1:  # (S, M, T, C, H, W): one forecast Dataset per member, along "member"
             parts = [_as_dataset(pred[:, m], windows, indices) for m in range(pred.shape[1])]
@@ -151,6 +153,7 @@ def score_windows(
 
 def _forecast_chunk(
     model: nn.Module,
+    members: int,
     windows: ForecastWindows,
     normalizer: Normalizer,
     indices: range,
@@ -164,7 +167,6 @@ def _forecast_chunk(
     (S, T_out, C, H, W), so a chunk costs its own size and no concatenated copies.
     """
     cond_dim = getattr(model, "cond_dim", 0)
-    members = ensemble_members(model)
     invalid = ~windows.mask  # (C, H, W)
     pred = true = None
     done = 0

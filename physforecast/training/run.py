@@ -314,10 +314,11 @@ def evaluate_run(
     data = data or prepare_data(cfg, loaded.normalizer)
     keep = cfg.eval.save_samples
     first: list[tuple[xr.Dataset, xr.Dataset]] = []
-    card: list[xr.Dataset] = []
+    card: xr.Dataset | None = None
 
     def stream(tmp: Path | None) -> None:
         """Forecast, score and (into ``tmp``) write the test split a chunk at a time."""
+        nonlocal card
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(SampleAppender(tmp)) if tmp is not None else None
 
@@ -335,17 +336,15 @@ def evaluate_run(
                         )
                     )
 
-            card.append(
-                score_windows(
-                    loaded.model,
-                    data.test,
-                    data.normalizer,
-                    suite,
-                    chunk=cfg.eval.chunk,
-                    batch_size=cfg.data.batch_size,
-                    device=device,
-                    each=each,
-                )
+            card = score_windows(
+                loaded.model,
+                data.test,
+                data.normalizer,
+                suite,
+                chunk=cfg.eval.chunk,
+                batch_size=cfg.data.batch_size,
+                device=device,
+                each=each,
             )
 
     if keep == 0:  # no forecasts file; one of an earlier evaluation would be stale
@@ -354,7 +353,7 @@ def evaluate_run(
             (run.path / run.FORECASTS).unlink(missing_ok=True)
     else:
         run.write_in_pieces(run.FORECASTS, stream)
-    card = card[0]
+    assert card is not None  # stream() ran
     card.attrs.update(
         {"backbone": cfg.model.backbone, "method": cfg.method, "dataset": str(cfg.data.dataset)}
     )
