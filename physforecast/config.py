@@ -226,7 +226,7 @@ class EvalConfig:
         all of them when unset. The scorecard always covers the whole split.
     """
 
-    chunk: int = 256
+    chunk: int = 64
     save_samples: int | None = None
 
 

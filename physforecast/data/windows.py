@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from collections.abc import Sequence as SequenceABC
@@ -38,8 +39,10 @@ from .normalization import Normalizer
 
 __all__ = [
     "ForecastWindows",
+    "SHARED_CACHE_MB",
     "WindowBatch",
     "collate_windows",
+    "shared_block_cache",
     "split_indices",
     "worker_init",
 ]
@@ -111,7 +114,7 @@ def split_indices(
 
 
 class _BlockCache:
-    """A least-recently-used cache of decoded blocks, bounded in bytes (one per process)."""
+    """A least-recently-used cache of decoded blocks, bounded in bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
@@ -146,6 +149,20 @@ class _BlockCache:
         self.nbytes = 0
 
 
+#: The budget of the cache that the lazy datasets of a process share (MB).
+SHARED_CACHE_MB = 64.0
+_shared: tuple[int, _BlockCache] | None = None  # (pid, cache)
+
+
+def shared_block_cache() -> _BlockCache:
+    """The cache of decoded blocks shared by this process's lazy datasets (all splits
+    together stay within :data:`SHARED_CACHE_MB`); a forked process starts an empty one."""
+    global _shared
+    if _shared is None or _shared[0] != os.getpid():
+        _shared = (os.getpid(), _BlockCache(int(SHARED_CACHE_MB * 2**20)))
+    return _shared[1]
+
+
 def _edges(chunks: Sequence[int] | None, n: int, default: int) -> np.ndarray:
     """Edges of the stored chunks along a dim of length ``n`` (blocks of ``default``
     entries when the storage says nothing)."""
@@ -169,10 +186,12 @@ class _VariableReader:
         spatial: Sequence[str],
         span: int,
         cache: _BlockCache,
+        key: tuple = (),
     ) -> None:
         lead = [d for d in ("trajectory", "time") if d in var.dims]
         var = var.transpose(*lead, *extra, *spatial)
         self.name = name
+        self.key = (*key, name)  # prefix of this variable's blocks in the cache
         self.has_traj = "trajectory" in var.dims
         self.grid = tuple(int(var.sizes[d]) for d in spatial)
         self.width = math.prod(int(var.sizes[d]) for d in extra)
@@ -257,12 +276,12 @@ class _VariableReader:
         of it fits the cache comfortably, else ``traj`` alone; (region, row of ``traj``
         in the block, cache key prefix)."""
         if not self.has_traj:
-            return {}, 0, (self.name,)
+            return {}, 0, self.key
         j = int(np.searchsorted(self.traj_edges, traj, side="right") - 1)
         a, b = int(self.traj_edges[j]), int(self.traj_edges[j + 1])
         if (b - a) * frames * self.frame_bytes <= self.cache.max_bytes // 4:
-            return {"trajectory": slice(a, b)}, traj - a, (self.name, "chunk", j)
-        return {"trajectory": slice(traj, traj + 1)}, 0, (self.name, "one", traj)
+            return {"trajectory": slice(a, b)}, traj - a, (*self.key, "chunk", j)
+        return {"trajectory": slice(traj, traj + 1)}, 0, (*self.key, "one", traj)
 
 
 class WindowBatch(SequenceABC):
@@ -295,9 +314,11 @@ class ForecastWindows(Dataset):
 
     The windows are resolved once into an index table of (trajectory, start) pairs. A
     window of a dataset in memory is a numpy slice of its variables; a lazy (zarr,
-    netCDF) dataset is read in blocks aligned with its chunks, kept in a small
-    least-recently-used cache per process (each DataLoader worker has its own), so
-    neighbouring windows do not decode the same chunk twice. Batches are read and
+    netCDF) dataset is read in blocks aligned with its chunks, kept in a
+    least-recently-used cache that all lazy datasets of a process share
+    (:func:`shared_block_cache`; each DataLoader worker has its own), so neighbouring
+    windows do not decode the same chunk twice and the splits together hold at most
+    :data:`SHARED_CACHE_MB` of decoded blocks. Batches are read and
     normalized together (:meth:`__getitems__`, :func:`collate_windows`).
 
     Parameters
@@ -321,8 +342,9 @@ class ForecastWindows(Dataset):
         Zero-argument function reopening ``ds`` (e.g. ``lambda: xr.open_zarr(path)``);
         used so that each DataLoader worker opens its own handle. Defaults to the
         dataset's source file when it has one.
-    cache_mb : float
-        Size of the per-process cache of decoded blocks of a lazy dataset.
+    cache_mb : float, optional
+        A cache of decoded blocks of this size (MB) for this dataset alone, instead of the
+        shared one.
     """
 
     def __init__(
@@ -337,7 +359,7 @@ class ForecastWindows(Dataset):
         params: Sequence[str] | None = None,
         normalizer: Normalizer | None = None,
         opener: Callable[[], xr.Dataset] | None = None,
-        cache_mb: float = 64.0,
+        cache_mb: float | None = None,
     ) -> None:
         if in_steps < 1 or out_steps < 1 or stride < 1:
             raise ValueError(
@@ -355,7 +377,8 @@ class ForecastWindows(Dataset):
         self.selection = dict(selection or {})
         self.normalizer = normalizer
         self.is_simulation = "trajectory" in ds.dims
-        self.cache_mb = float(cache_mb)
+        self.cache_mb = None if cache_mb is None else float(cache_mb)
+        self._token = uuid.uuid4().hex  # its blocks' keys in a shared cache
         other = {k: v for k, v in self.selection.items() if k not in ("trajectory", "time")}
         self._other = other
         base = ds.isel(other) if other else ds
@@ -428,7 +451,10 @@ class ForecastWindows(Dataset):
 
     @property
     def cache(self) -> _BlockCache:
-        """This process's cache of decoded blocks (lazy datasets only fill it)."""
+        """The cache of decoded blocks this dataset uses in this process: its own
+        (``cache_mb``) or the shared one (lazy datasets only fill it)."""
+        if self.cache_mb is None:
+            return shared_block_cache()
         if self._cache is None:
             self._cache = _BlockCache(int(self.cache_mb * 2**20))
         return self._cache
@@ -440,7 +466,13 @@ class ForecastWindows(Dataset):
             span = self.in_steps + self.out_steps
             self._readers = [
                 _VariableReader(
-                    name, ds[name].variable, [d for d, _ in extra], self.spatial, span, self.cache
+                    name,
+                    ds[name].variable,
+                    [d for d, _ in extra],
+                    self.spatial,
+                    span,
+                    self.cache,
+                    key=(self._token,),
                 )
                 for name, extra in zip(self.variables, self.layout.extra)
             ]

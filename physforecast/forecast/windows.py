@@ -8,7 +8,6 @@ chunks one after another into one netCDF file.
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from physforecast.data.normalization import Normalizer
 from physforecast.data.windows import ForecastWindows, collate_windows
+from physforecast.memory import chunked_work
 from physforecast.metrics.scorecard import ScoreAccumulator
 
 from .dataset import declared_parameters, forecast_dataset, sample_parameters
@@ -82,21 +82,24 @@ def iter_forecast_windows(
     members = ensemble_members(model)
     if members > 1:
         model.reseed()  # the same members on every evaluation
+    params = _parameter_values(windows)
     bar = tqdm(total=len(windows), desc="forecast", leave=False, disable=not progress)
     for start in range(0, len(windows), chunk):
         indices = range(start, min(start + chunk, len(windows)))
         pred, true = _forecast_chunk(
             model, members, windows, normalizer, indices, batch_size, device, bar
         )
-        truth = _as_dataset(true, windows, indices)
+        truth = _as_dataset(true, windows, indices, params)
         if members > 1:  # (S, M, T, C, H, W): one forecast Dataset per member, along "member"
-            parts = [_as_dataset(pred[:, m], windows, indices) for m in range(pred.shape[1])]
+            parts = [
+                _as_dataset(pred[:, m], windows, indices, params) for m in range(pred.shape[1])
+            ]
             fields = list(windows.layout.variables)
             forecast = xr.concat(parts, dim="member", data_vars=fields, coords="minimal")
             forecast = forecast.assign_coords(member=np.arange(pred.shape[1]))
             del parts
         else:
-            forecast = _as_dataset(pred, windows, indices)
+            forecast = _as_dataset(pred, windows, indices, params)
         del pred, true
         yield forecast, truth
         # this frame's references would keep the chunk alive while the next one is built
@@ -140,14 +143,16 @@ def score_windows(
     chunks = iter_forecast_windows(
         model, windows, normalizer, chunk=chunk, batch_size=batch_size, device=device
     )
-    for forecast, truth in chunks:
-        acc.add(forecast, truth)
-        if each is not None:
-            each(forecast, truth)
-        # the chunk goes now: xarray objects sit in reference cycles, which the collector
-        # (counting objects, not bytes) would otherwise free late
-        del forecast, truth
-        gc.collect()
+    with chunked_work() as release:
+        for forecast, truth in chunks:
+            acc.add(forecast, truth)
+            if each is not None:
+                each(forecast, truth)
+            # the chunk goes now: xarray objects sit in reference cycles, which the
+            # collector (counting objects, not bytes) would otherwise free late, and the
+            # allocator would keep the freed pages
+            del forecast, truth
+            release()
     return acc.result()
 
 
@@ -242,8 +247,21 @@ def forecast_windows(
     return next(iter(pairs))
 
 
-def _as_dataset(values: np.ndarray, windows: ForecastWindows, indices: range) -> xr.Dataset:
-    """(S, T_out, C, H, W) of the windows ``indices`` -> their forecast Dataset."""
+def _parameter_values(windows: ForecastWindows) -> xr.Dataset:
+    """The physical parameters the forecasts of ``windows`` carry (its ``params`` and the
+    dataset's declared ones, scalars or along ``trajectory``), read into memory once: a
+    lazy store may hold them in one chunk per trajectory, slow to read for every chunk."""
+    ds = windows.ds
+    names = [*windows.params, *declared_parameters(ds)]
+    small = [n for n in dict.fromkeys(names) if n in ds.data_vars and ds[n].ndim <= 1]
+    return ds[small].load()
+
+
+def _as_dataset(
+    values: np.ndarray, windows: ForecastWindows, indices: range, params: xr.Dataset
+) -> xr.Dataset:
+    """(S, T_out, C, H, W) of the windows ``indices`` -> their forecast Dataset;
+    ``params`` from :func:`_parameter_values`."""
     ds = windows.ds
     n = values.shape[0]
     table = windows.index[np.asarray(indices, dtype=np.int64)]
@@ -256,14 +274,13 @@ def _as_dataset(values: np.ndarray, windows: ForecastWindows, indices: range) ->
     if not windows.is_simulation and isinstance(windows.selection.get("time"), slice):
         offset = windows.selection["time"].start or 0
     init_index = table[:, 1] + windows.in_steps - 1 + offset
-    names = list(dict.fromkeys([*windows.params, *declared_parameters(ds)]))
     out = forecast_dataset(
         values,
         layout=windows.layout,
         source=ds,
         init_index=init_index,
         trajectory=traj,
-        params=sample_parameters(ds, names, traj, n),
+        params=sample_parameters(params, list(params.data_vars), traj, n),
     )
     return out.assign_coords(sample=np.arange(indices.start, indices.start + n))
 

@@ -121,7 +121,7 @@ def test_out_of_core_store_reads_each_chunk_once_in_order(tmp_path, chunks, bloc
     ds.chunk(chunks).to_zarr(path, zarr_format=2, consolidated=True)
     lazy = open_any(path, mask="none")
     sel = {"trajectory": np.array([0, 2, 5])}
-    win = ForecastWindows(lazy, ["u", "t"], 3, 2, selection=sel, params=["nu"])
+    win = ForecastWindows(lazy, ["u", "t"], 3, 2, selection=sel, params=["nu"], cache_mb=64)
     eager = ForecastWindows(ds, ["u", "t"], 3, 2, selection=sel, params=["nu"])
     for i in range(len(win)):
         for key, value in eager[i].items():
@@ -134,6 +134,30 @@ def test_out_of_core_store_reads_each_chunk_once_in_order(tmp_path, chunks, bloc
     for i in (0, len(small) // 2, len(small) - 1):
         torch.testing.assert_close(small[i]["y"], eager[i]["y"], rtol=0, atol=0)
     assert small.cache.nbytes <= max(b.nbytes for b in small.cache._items.values())
+
+
+def test_lazy_splits_share_one_bounded_cache(tmp_path, monkeypatch):
+    """Every lazy split of a process reads through one cache: together they keep at most
+    its budget of decoded blocks, and each split still gets its own frames back."""
+    from physforecast.data import windows as windows_module
+    from physforecast.data.formats import open_any
+
+    ds = dataset(n_traj=6, n_time=12)
+    path = tmp_path / "store.zarr"
+    ds.chunk({"trajectory": 1, "time": 4}).to_zarr(path, zarr_format=2, consolidated=True)
+    lazy = open_any(path, mask="none")
+    block = 4 * int(np.prod([ds.sizes[d] for d in ("y", "x")])) * ds["u"].dtype.itemsize
+    monkeypatch.setattr(windows_module, "SHARED_CACHE_MB", 5.5 * block / 2**20)
+    monkeypatch.setattr(windows_module, "_shared", None)
+    splits = [np.array([0, 1]), np.array([2, 3]), np.array([4, 5])]
+    lazy_splits = [ForecastWindows(lazy, ["u"], 3, 2, selection={"trajectory": s}) for s in splits]
+    shared = lazy_splits[0].cache
+    assert all(w.cache is shared for w in lazy_splits)
+    for sel, win in zip(splits, lazy_splits):
+        eager = ForecastWindows(ds, ["u"], 3, 2, selection={"trajectory": sel})
+        for i in range(len(win)):
+            torch.testing.assert_close(win[i]["y"], eager[i]["y"], rtol=0, atol=0)
+    assert 0 < shared.nbytes <= 5.5 * block
 
 
 def test_reading_a_window_copies_no_more_than_the_window():
