@@ -207,8 +207,6 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     import physforecast as pf
     from physforecast.atomic import signals_as_exceptions
     from physforecast.data.io import check_output_path, write_dataset
-    from physforecast.metrics.verification import truth_for
-    from physforecast.plots import save_forecast_plots
     from physforecast.run_dir import RunDir
 
     out = check_output_path(args.out)  # before any work
@@ -237,7 +235,10 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     with signals_as_exceptions():
         path = write_dataset(forecast, out)
     print(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in forecast.sizes.items()))
-    if args.plots:
+    if args.plots:  # matplotlib and the plots: only when asked for
+        from physforecast.metrics.verification import truth_for
+        from physforecast.plots import save_forecast_plots
+
         has_truth = int(forecast["init_index"].max()) + 1 < ds.sizes["time"]
         truth = truth_for(forecast, ds) if has_truth else None
         written = save_forecast_plots(forecast, RunDir(args.run_dir).plots_dir, truth)

@@ -203,6 +203,9 @@ def _autoregress(
     frames = x
     outputs: list[torch.Tensor] = []
     first_bad = torch.full((b,), -1, dtype=torch.long)
+    outside = ~mask[:, None]  # (B, 1, C, H, W): points never checked nor fed (land)
+    land = bool(outside.any())
+    stopped = False  # some sample has blown up (its leads from then on are NaN)
     produced = 0
     while produced < steps:
         y = fc.step(frames[:, -fc.in_steps :], cond)
@@ -211,12 +214,15 @@ def _autoregress(
                 f"the model returned shape {tuple(y.shape)} for input {tuple(frames.shape)}"
             )
         t_out = y.shape[1]
-        bad = (~torch.isfinite(y) | (y.abs() > threshold)) & mask[:, None]
-        bad_step = bad.flatten(2).any(2)  # (B, T_out)
-        new = bad_step.any(1) & (first_bad < 0)
-        if new.any():
+        # finite and within the threshold (NaN compares False), or outside the mask
+        ok = y.abs().le_(threshold)
+        if land:
+            ok.logical_or_(outside)
+        bad_step = ~ok.flatten(2).all(2)  # (B, T_out)
+        if bool(bad_step.any()):
+            new = bad_step.any(1) & (first_bad < 0)
             first = produced + bad_step.float().argmax(1)
-            if on_blowup == "raise":
+            if on_blowup == "raise" and bool(new.any()):
                 i = int(torch.nonzero(new)[0])
                 raise RolloutBlowupError(
                     f"rollout blew up for {describe(i)} at lead time {int(first[i]) + 1}: values "
@@ -224,11 +230,17 @@ def _autoregress(
                     "rollout, or pass on_blowup='nan' to keep the finite part"
                 )
             first_bad = torch.where(new, first, first_bad)
-        lead = produced + torch.arange(t_out)
-        dead = (first_bad[:, None] >= 0) & (lead[None, :] >= first_bad[:, None])
-        dead = dead[:, :, None, None, None]
-        outputs.append(y.masked_fill(dead, float("nan")))
-        feed = torch.where(mask[:, None] & ~dead, y, torch.zeros(()))
+            stopped = stopped or bool(new.any())
+        feed = y
+        if stopped:  # NaN from each blown-up sample's first bad lead on; it is fed zeros
+            lead = produced + torch.arange(t_out)
+            dead = (first_bad[:, None] >= 0) & (lead[None, :] >= first_bad[:, None])
+            dead = dead[:, :, None, None, None]
+            y = y.masked_fill(dead, float("nan"))
+            feed = y.masked_fill(dead, 0.0)
+        if land:
+            feed = feed.masked_fill(outside, 0.0)
+        outputs.append(y)
         frames = torch.cat([frames, feed], dim=1)[:, -fc.in_steps :]
         produced += t_out
     return torch.cat(outputs, dim=1)[:, :steps], first_bad
