@@ -158,7 +158,9 @@ def _history(
 
     The frames the batch needs of the trajectories it needs are read as one orthogonal
     block (a lazy store: chunk by chunk, once, in one compute; in memory: one slice), and
-    each sample's frames are picked from it with numpy. When that block would be much
+    each sample's frames are picked from it with numpy. Dask's synchronous scheduler
+    reads it: a file opened with one chunk per frame makes hundreds of tiny tasks, which a
+    thread pool spends most of its time handing out. When that block would be much
     larger than the frames themselves (every sample at another time), the frames are
     gathered point by point by xarray instead.
     """
@@ -173,7 +175,7 @@ def _history(
         if rows is not None:
             block["trajectory"] = rows
             lead = ("trajectory", "time")
-        values = layout.stack(sub.isel(block).compute(), lead)
+        values = layout.stack(sub.isel(block).compute(scheduler="synchronous"), lead)
         at = np.searchsorted(frames, times)
         if rows is None:
             return np.ascontiguousarray(values[at])
@@ -181,7 +183,7 @@ def _history(
     indexers: dict[str, xr.DataArray] = {"time": xr.DataArray(times, dims=("sample", "step"))}
     if traj is not None:
         indexers["trajectory"] = xr.DataArray(traj, dims="sample")
-    return layout.stack(sub.isel(indexers).compute(), ("sample", "step"))
+    return layout.stack(sub.isel(indexers).compute(scheduler="synchronous"), ("sample", "step"))
 
 
 def _autoregress(
