@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,34 @@ def method_section(name: str) -> type | None:
 
 
 def _section_names() -> list[str]:
-    return [n for n in METHODS.names() if METHODS.entry(n).meta.get("config") is not None]
+    """Names of the methods with a config section, importing none of them."""
+    names = []
+    for name in METHODS.names():
+        meta = METHODS.info(name)
+        if meta.get("config") is not None or meta.get("section"):
+            names.append(name)
+    return names
+
+
+class _KeyTypes(Mapping):
+    """The types of :class:`Config`'s keys: its own fields', and a method section's
+    dataclass, looked up (importing that method alone) when the key is used."""
+
+    def __init__(self, fixed: dict[str, Any], sections: list[str]) -> None:
+        self._fixed, self._sections = fixed, sections
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._fixed:
+            return self._fixed[key]
+        if key in self._sections:
+            return method_section(key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._fixed, *self._sections])
+
+    def __len__(self) -> int:
+        return len(self._fixed) + len(self._sections)
 
 
 # --------------------------------------------------------------------------------------
@@ -338,14 +366,13 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
-def _fields(cls: type) -> tuple[list[str], dict[str, Any]]:
+def _fields(cls: type) -> tuple[list[str], Mapping[str, Any]]:
     """The keys of a config class and their types; for :class:`Config`, the method
     sections count as keys (typed by their dataclasses)."""
     hints = typing.get_type_hints(cls)
     if cls is Config:
         sections = _section_names()
-        types_ = {**{k: hints[k] for k in _FIXED}, **{n: method_section(n) for n in sections}}
-        return [*_FIXED, *sections], types_
+        return [*_FIXED, *sections], _KeyTypes({k: hints[k] for k in _FIXED}, sections)
     return [f.name for f in dataclasses.fields(cls)], hints
 
 

@@ -12,7 +12,9 @@ A method registers itself in :data:`~physforecast.registry.METHODS` with its con
             ctx.save_model(model)
             return model
 
-and is then available as ``physforecast train --method mymethod``, its options as
+and, once declared next to ``METHODS`` in :mod:`physforecast.registry` (its name and
+module: imported only when a config or run names it), is available as
+``physforecast train --method mymethod``, its options as
 ``--set mymethod.<key>=...``. Nothing outside a method names it: the run
 (:func:`physforecast.training.run.train`) opens the data, hands a :class:`RunContext` to
 ``fit``, loads the model back through ``build`` and lets ``evaluate`` add its own report.

@@ -183,13 +183,14 @@ METRICS = Registry("metric", populate="physforecast.metrics")
 SCORES = Registry("score", populate="physforecast.search.scores")
 #: Training methods (``supervised``, ``beamvq``...): each entry is a class implementing
 #: :class:`physforecast.methods.Method`; its ``config`` metadata is its config section.
-METHODS = Registry(
-    "method",
-    populate=(
-        "physforecast.methods",
-        "physforecast.beamvq.method",
-        "physforecast.inference.method",
-        "physforecast.stpad.method",
-        "physforecast.generative.method",
-    ),
-)
+METHODS = Registry("method", populate="physforecast.methods")  # ``supervised``
+# The methods of other packages, imported when first used (``section``: they have a config
+# section, whose class their module defines), so that a supervised run never loads them.
+for _name, _module in (
+    ("beamvq", "physforecast.beamvq.method"),
+    ("students", "physforecast.inference.method"),
+    ("stpad", "physforecast.stpad.method"),
+    ("vae", "physforecast.generative.method"),
+):
+    METHODS.declare(_name, _module, section=True)
+del _name, _module

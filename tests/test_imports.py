@@ -147,6 +147,27 @@ def test_the_top_level_and_the_cli_parser_import_no_torch():
     assert help_.returncode == 0 and "train" in help_.stdout
 
 
+def test_a_supervised_config_imports_no_other_method_but_knows_their_sections():
+    """The other methods are declared, not imported: a supervised config (what loading a
+    supervised run reads) loads none of their packages; naming one imports it alone."""
+    code = (
+        "import sys\n"
+        "from physforecast.config import Config, apply_overrides, config_from_dict\n"
+        "from physforecast.registry import METHODS\n"
+        "others = ('beamvq', 'stpad', 'inference', 'generative')\n"
+        "def loaded():\n"
+        "    return {p for p in others if any(m.startswith(f'physforecast.{p}') for m in sys.modules)}\n"
+        "cfg = config_from_dict({'train': {'epochs': 2}})\n"
+        "assert {'beamvq', 'stpad', 'students', 'vae'} <= set(METHODS.names())\n"
+        "assert loaded() == set(), loaded()\n"
+        "cfg = apply_overrides(Config(), ['method=stpad', 'stpad.members=3'])\n"
+        "assert cfg.stpad.members == 3\n"
+        "assert 'stpad' in loaded(), loaded()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.parametrize("package", ["physforecast", "physforecast.forecast", "physforecast.search",
                                      "physforecast.layers", "physforecast.beamvq",
                                      "physforecast.metrics", "physforecast.data",
