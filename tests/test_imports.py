@@ -106,6 +106,13 @@ def test_the_cycle_finder_can_fail():
     assert cycles(graph, {"b"}) == []
 
 
+def _python(code: str, timeout: float) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter (its own ``sys.modules``)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_every_module_imports_on_its_own():
     """Each module imported first, in a fresh set of physforecast modules: an import that
     only works in some order (a hidden cycle through a package face) fails here."""
@@ -123,7 +130,7 @@ def test_every_module_imports_on_its_own():
         "print('\\n'.join(bad))\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    out = _python(code, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -136,7 +143,7 @@ def test_the_top_level_and_the_cli_parser_import_no_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert physforecast.__version__\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = _python(code, timeout=120)
     assert out.returncode == 0, out.stderr
     help_ = subprocess.run(
         [sys.executable, "-m", "physforecast.cli", "--help"],
@@ -149,7 +156,7 @@ def test_the_top_level_and_the_cli_parser_import_no_torch():
 
 def test_a_supervised_config_imports_no_other_method_but_knows_their_sections():
     """The other methods are declared, not imported: a supervised config (what loading a
-    supervised run reads) loads none of their packages; naming one imports it alone."""
+    supervised run reads) loads none of their packages; naming one imports it."""
     code = (
         "import sys\n"
         "from physforecast.config import Config, apply_overrides, config_from_dict\n"
@@ -164,7 +171,7 @@ def test_a_supervised_config_imports_no_other_method_but_knows_their_sections():
         "assert cfg.stpad.members == 3\n"
         "assert 'stpad' in loaded(), loaded()\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = _python(code, timeout=300)
     assert out.returncode == 0, out.stderr
 
 
