@@ -92,15 +92,14 @@ def epoch_times(n_traj: int, size: int, steps: int, rounds: int) -> dict[str, li
     ds = _dataset(n_traj, n_time, size)
     array = ds["u"].values
     span = IN_STEPS + OUT_STEPS
+    starts = n_time - span + 1
     cfg = _train_config(steps)
     package = _trainer_steps(ds, steps)
-    n_windows = n_traj * (n_time - span + 1)
 
     def hand() -> None:
         net = _fno()
         opt = default_optimizer(cfg)(net)  # the same AdamW and parameter groups
-        order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(0))
-        starts = n_time - span + 1
+        order = torch.randperm(n_traj * starts, generator=torch.Generator().manual_seed(0))
         for s in range(steps):
             picks = order[s * BATCH : (s + 1) * BATCH].numpy()
             frames = np.stack([array[i // starts, i % starts : i % starts + span] for i in picks])

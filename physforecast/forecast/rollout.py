@@ -223,8 +223,9 @@ def _autoregress(
         bad_step = ~ok.flatten(2).all(2)  # (B, T_out)
         if bool(bad_step.any()):
             new = bad_step.any(1) & (first_bad < 0)
+            any_new = bool(new.any())
             first = produced + bad_step.float().argmax(1)
-            if on_blowup == "raise" and bool(new.any()):
+            if on_blowup == "raise" and any_new:
                 i = int(torch.nonzero(new)[0])
                 raise RolloutBlowupError(
                     f"rollout blew up for {describe(i)} at lead time {int(first[i]) + 1}: values "
@@ -232,7 +233,7 @@ def _autoregress(
                     "rollout, or pass on_blowup='nan' to keep the finite part"
                 )
             first_bad = torch.where(new, first, first_bad)
-            stopped = stopped or bool(new.any())
+            stopped = stopped or any_new
         feed = y
         if stopped:  # NaN from each blown-up sample's first bad lead on; it is fed zeros
             lead = produced + torch.arange(t_out)

@@ -254,7 +254,7 @@ def _parameter_values(windows: ForecastWindows) -> xr.Dataset:
     ds = windows.ds
     names = [*windows.params, *declared_parameters(ds)]
     small = [n for n in dict.fromkeys(names) if n in ds.data_vars and ds[n].ndim <= 1]
-    return ds[small].load()
+    return xr.Dataset({n: ds[n].variable for n in small}).load()  # without the coords
 
 
 def _as_dataset(
